@@ -1,0 +1,1 @@
+"""LoRA fine-tuning with peft: data formatting, fine-tuning, sweeps, evaluation, merging."""

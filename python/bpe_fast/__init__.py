@@ -1,0 +1,1 @@
+"""bpe_fast: exact byte-level BPE tokenizer with a Rust core."""
