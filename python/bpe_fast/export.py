@@ -1,0 +1,176 @@
+"""Exports: a `tiktoken.Encoding`, tiktoken rank files, and a Hugging Face `tokenizer.json`.
+
+Both targets must encode exactly as we do (tests check it on corpora):
+
+* tiktoken has no merge list: it merges the adjacent pair whose *concatenation* has the lowest rank, and
+  returns ranks as ids. So rank must be the token id, and exporting is only faithful when merge order and
+  result-id order agree (true for every vocab our trainer makes and for GPT-2's files); anything else is
+  refused rather than exported wrong.
+* HF's BPE model applies listed merges by rank, leftmost first, like us; `ignore_merges` must be off
+  (otherwise a chunk that is itself a token skips the merges). Bytes are shown with GPT-2's byte<->unicode
+  mapping (ByteLevel pre-tokenizer without its own regex, after a Split with our regex).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from ._atomic import atomic_write_text
+from .gpt2_files import bytes_to_gpt2_text
+from .patterns import RAW, pattern_regex
+from .tokenizer import Tokenizer
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+# tiktoken needs a regex even for "raw" (one chunk per text): this matches a whole text, newlines included.
+_WHOLE_TEXT = r"[\s\S]+"
+
+
+def _check_rank_order(tok: Tokenizer) -> None:
+    """Refuse vocabs whose merge order is not their result-id order (tiktoken would rank them differently)."""
+    tokens = tok.tokens()
+    id_of_bytes = {value: key for key, value in tokens.items()}
+    produced = set()
+    previous = -1
+    for rank, (left, right) in enumerate(tok.merges):
+        result = id_of_bytes[tokens[left] + tokens[right]]
+        if result <= previous:
+            raise ValueError(
+                f"cannot export to tiktoken: merge {rank} ({left}, {right}) makes id {result}, not above the previous "
+                f"merge's id {previous}; tiktoken ranks merges by token id"
+            )
+        previous = result
+        produced.add(result)
+    unreachable = [i for i, value in tokens.items() if len(value) > 1 and i not in produced]
+    if unreachable:
+        raise ValueError(
+            f"cannot export to tiktoken: token {unreachable[0]} ({tokens[unreachable[0]].hex()}) is made by no merge "
+            "(tiktoken would still use it)"
+        )
+
+
+def tiktoken_pattern(tok: Tokenizer) -> str:
+    expression = pattern_regex(tok.pattern)
+    return _WHOLE_TEXT if expression is None else expression
+
+
+def mergeable_ranks(tok: Tokenizer) -> dict[bytes, int]:
+    """tiktoken's `mergeable_ranks` (bytes -> rank = id) for `tok`, after checking it is faithful."""
+    _check_rank_order(tok)
+    return {value: token_id for token_id, value in tok.tokens().items()}
+
+
+def to_tiktoken(tok: Tokenizer, name: str = "bpe_fast") -> Any:
+    """A `tiktoken.Encoding` that encodes and decodes exactly like `tok` (needs the tiktoken package)."""
+    import tiktoken
+
+    return tiktoken.Encoding(
+        name,
+        pat_str=tiktoken_pattern(tok),
+        mergeable_ranks=mergeable_ranks(tok),
+        special_tokens=tok.special_tokens,
+    )
+
+
+def tiktoken_file_text(tok: Tokenizer) -> str:
+    """tiktoken's rank-file text ("base64 rank" lines, by rank). Pattern and special tokens are not part of
+    that format: pass them to `Tokenizer.from_tiktoken` / `tiktoken.Encoding` when loading."""
+    ranks = mergeable_ranks(tok)
+    lines = [f"{base64.b64encode(value).decode('ascii')} {rank}" for value, rank in sorted(ranks.items(), key=lambda kv: kv[1])]
+    return "\n".join(lines) + "\n"
+
+
+def save_tiktoken(tok: Tokenizer, path: PathLike) -> Path:
+    return atomic_write_text(path, tiktoken_file_text(tok))
+
+
+def _hf_regex(tok: Tokenizer) -> Optional[str]:
+    expression = pattern_regex(tok.pattern)
+    if expression is None:
+        return None
+    # HF's regex engine (Oniguruma, Ruby syntax) reads `{1,3}+` as "(x{1,3})+", not as a possessive
+    # quantifier. In cl100k's pattern `\p{N}{1,3}+` ends its alternative, so possessive and greedy match
+    # the same text there and the plain `{1,3}` is exact.
+    return expression.replace(r"\p{N}{1,3}+", r"\p{N}{1,3}")
+
+
+def hf_tokenizer_json(tok: Tokenizer) -> dict[str, Any]:
+    """The `tokenizer.json` document (as a dict) for `tok`."""
+    tokens = tok.tokens()
+    vocab = {bytes_to_gpt2_text(value): token_id for token_id, value in sorted(tokens.items())}
+    merges = [[bytes_to_gpt2_text(tokens[left]), bytes_to_gpt2_text(tokens[right])] for left, right in tok.merges]
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
+    expression = _hf_regex(tok)
+    if expression is None:
+        pre_tokenizer: dict[str, Any] = byte_level
+    else:
+        # Split with invert=True + "Removed": the regex's matches are the chunks and any text it does not
+        # match is dropped, as our pre-tokenizer (and tiktoken) do.
+        split = {"type": "Split", "pattern": {"Regex": expression}, "behavior": "Removed", "invert": True}
+        pre_tokenizer = {"type": "Sequence", "pretokenizers": [split, byte_level]}
+    added_tokens = [
+        {
+            "id": token_id,
+            "content": text,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
+        for text, token_id in sorted(tok.special_tokens.items(), key=lambda kv: kv[1])
+    ]
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": added_tokens,
+        "normalizer": None,
+        "pre_tokenizer": pre_tokenizer,
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": False,
+            "vocab": vocab,
+            "merges": merges,
+        },
+    }
+
+
+def save_hf(tok: Tokenizer, path: PathLike) -> Path:
+    """Write `tokenizer.json` atomically; loadable by `tokenizers.Tokenizer.from_file` and by
+    `transformers.PreTrainedTokenizerFast(tokenizer_file=...)`. Special tokens become added tokens, which
+    HF always splits out (like `encode(..., allowed_special="all")`)."""
+    return atomic_write_text(path, json.dumps(hf_tokenizer_json(tok), ensure_ascii=False, indent=1) + "\n")
+
+
+def save_bare(tok: Tokenizer, path: PathLike) -> Path:
+    """The report's bare {id: hex} map."""
+    return tok.save(path, bare=True)
+
+
+EXPORT_FORMATS = {"bare": save_bare, "tiktoken": save_tiktoken, "hf": save_hf}
+
+__all__ = [
+    "EXPORT_FORMATS",
+    "RAW",
+    "hf_tokenizer_json",
+    "mergeable_ranks",
+    "save_bare",
+    "save_hf",
+    "save_tiktoken",
+    "tiktoken_file_text",
+    "tiktoken_pattern",
+    "to_tiktoken",
+]
