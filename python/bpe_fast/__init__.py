@@ -25,7 +25,7 @@ except metadata.PackageNotFoundError:  # a source checkout that was never instal
     __version__ = "0.1.0"
 
 
-def load(path: Union[str, "os.PathLike[str]"], pattern: Optional[str] = None) -> Tokenizer:
+def load(path: Union[str, os.PathLike[str]], pattern: Optional[str] = None) -> Tokenizer:
     """Load a hex-JSON v1 vocab file or the report's bare {id: hex} map (pattern defaults to "raw" for it)."""
     return Tokenizer.from_file(path, pattern=pattern)
 

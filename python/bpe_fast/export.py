@@ -80,7 +80,10 @@ def tiktoken_file_text(tok: Tokenizer) -> str:
     """tiktoken's rank-file text ("base64 rank" lines, by rank). Pattern and special tokens are not part of
     that format: pass them to `Tokenizer.from_tiktoken` / `tiktoken.Encoding` when loading."""
     ranks = mergeable_ranks(tok)
-    lines = [f"{base64.b64encode(value).decode('ascii')} {rank}" for value, rank in sorted(ranks.items(), key=lambda kv: kv[1])]
+    lines = [
+        f"{base64.b64encode(value).decode('ascii')} {rank}"
+        for value, rank in sorted(ranks.items(), key=lambda kv: kv[1])
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -102,7 +105,9 @@ def hf_tokenizer_json(tok: Tokenizer) -> dict[str, Any]:
     """The `tokenizer.json` document (as a dict) for `tok`."""
     tokens = tok.tokens()
     vocab = {bytes_to_gpt2_text(value): token_id for token_id, value in sorted(tokens.items())}
-    merges = [[bytes_to_gpt2_text(tokens[left]), bytes_to_gpt2_text(tokens[right])] for left, right in tok.merges]
+    merges = [
+        [bytes_to_gpt2_text(tokens[left]), bytes_to_gpt2_text(tokens[right])] for left, right in tok.merges
+    ]
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
     expression = _hf_regex(tok)
     if expression is None:
@@ -132,7 +137,12 @@ def hf_tokenizer_json(tok: Tokenizer) -> dict[str, Any]:
         "normalizer": None,
         "pre_tokenizer": pre_tokenizer,
         "post_processor": None,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
+        "decoder": {
+            "type": "ByteLevel",
+            "add_prefix_space": False,
+            "trim_offsets": False,
+            "use_regex": False,
+        },
         "model": {
             "type": "BPE",
             "dropout": None,

@@ -21,7 +21,11 @@ ENDOFTEXT = "<|endoftext|>"
 @lru_cache(maxsize=1)
 def byte_to_unicode() -> dict[int, str]:
     """GPT-2's mapping of each byte value to one printable character."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     mapping = {b: chr(b) for b in printable}
     next_code_point = 256
     for b in range(256):
@@ -46,7 +50,9 @@ def gpt2_text_to_bytes(text: str, where: str) -> bytes:
     try:
         return bytes(table[char] for char in text)
     except KeyError as err:
-        raise ValueError(f"{where}: character {err.args[0]!r} is not in GPT-2's byte<->unicode table") from None
+        raise ValueError(
+            f"{where}: character {err.args[0]!r} is not in GPT-2's byte<->unicode table"
+        ) from None
 
 
 def read_gpt2_files(
@@ -68,7 +74,9 @@ def read_gpt2_files(
     id_of_text: dict[str, int] = {}
     for text, token_id in encoder.items():
         if not isinstance(token_id, int) or isinstance(token_id, bool) or token_id < 0:
-            raise ValueError(f"{encoder_path}: entry {text!r} has id {token_id!r}, not a non-negative integer")
+            raise ValueError(
+                f"{encoder_path}: entry {text!r} has id {token_id!r}, not a non-negative integer"
+            )
         if text == ENDOFTEXT:
             specials[text] = token_id
             continue

@@ -12,9 +12,7 @@ import regex
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 
 # GPT-4 / cl100k_base.
-GPT4_PATTERN = (
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
-)
+GPT4_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
 
 # GPT-4o / o200k_base.
 O200K_PATTERN = "|".join(
@@ -39,7 +37,13 @@ PATTERNS: dict[str, str] = {
 }
 
 # Names people reach for that mean the same patterns; normalised to the canonical name.
-_ALIASES = {"r50k": "gpt2", "r50k_base": "gpt2", "cl100k": "gpt4", "cl100k_base": "gpt4", "o200k_base": "o200k"}
+_ALIASES = {
+    "r50k": "gpt2",
+    "r50k_base": "gpt2",
+    "cl100k": "gpt4",
+    "cl100k_base": "gpt4",
+    "o200k_base": "o200k",
+}
 
 NAMES = (*PATTERNS, RAW)
 
@@ -51,7 +55,9 @@ def canonical_pattern(pattern: str) -> str:
     that compiles.
     """
     if not isinstance(pattern, str):
-        raise ValueError(f"pattern must be a str (one of {', '.join(NAMES)} or a regex), got {type(pattern).__name__}")
+        raise ValueError(
+            f"pattern must be a str (one of {', '.join(NAMES)} or a regex), got {type(pattern).__name__}"
+        )
     if pattern in PATTERNS or pattern == RAW:
         return pattern
     if pattern in _ALIASES:

@@ -134,7 +134,10 @@ def train(
     if vocab_size < 256 + len(special_tokens):
         raise ValueError(f"vocab_size {vocab_size} is below 256 + {len(special_tokens)} special tokens")
     merges = train_merges(
-        count_chunks(documents, pattern), vocab_size - 256 - len(special_tokens), min_frequency, max_token_length
+        count_chunks(documents, pattern),
+        vocab_size - 256 - len(special_tokens),
+        min_frequency,
+        max_token_length,
     )
     tokens = {i: bytes([i]) for i in range(256)}
     for rank, (left, right) in enumerate(merges):
@@ -149,7 +152,9 @@ def train(
 # ----------------------------------------------------------------------------------------------------
 
 
-def bpe_encode_piece(piece: bytes, byte_ids: Sequence[int], merge_table: dict[Pair, tuple[int, int]]) -> list[int]:
+def bpe_encode_piece(
+    piece: bytes, byte_ids: Sequence[int], merge_table: dict[Pair, tuple[int, int]]
+) -> list[int]:
     """Encode one chunk: apply the lowest-rank listed merge present, leftmost on ties, until none applies.
 
     `byte_ids[b]` is the id of single byte b; `merge_table[(left, right)] = (rank, result_id)`.

@@ -54,7 +54,11 @@ def _special_finder(tokens: frozenset[str]) -> Any:
 
 def _first_unknown_id(ids: Iterable[Any], known: Any) -> tuple[int, Any]:
     for position, token_id in enumerate(ids):
-        if not isinstance(token_id, (int, np.integer)) or isinstance(token_id, bool) or not known(int(token_id)):
+        if (
+            not isinstance(token_id, (int, np.integer))
+            or isinstance(token_id, bool)
+            or not known(int(token_id))
+        ):
             return position, token_id
     return -1, None
 
@@ -140,7 +144,9 @@ class Tokenizer:
         known = _TIKTOKEN_DEFAULTS.get(path.name.split(".")[0])
         if pattern is None:
             if known is None:
-                raise ValueError(f"{path}: unknown tiktoken file, pass pattern= (e.g. 'gpt2', 'gpt4', 'o200k')")
+                raise ValueError(
+                    f"{path}: unknown tiktoken file, pass pattern= (e.g. 'gpt2', 'gpt4', 'o200k')"
+                )
             pattern = known[0]
         if special_tokens is None:
             special_tokens = dict(known[1]) if known is not None else {}
@@ -190,8 +196,12 @@ class Tokenizer:
     # encoding
     # ------------------------------------------------------------------------------------------------
 
-    def _allowed_list(self, text_or_texts: Union[str, Sequence[str]], allowed_special: SpecialSet,
-                      disallowed_special: SpecialSet) -> list[str]:
+    def _allowed_list(
+        self,
+        text_or_texts: Union[str, Sequence[str]],
+        allowed_special: SpecialSet,
+        disallowed_special: SpecialSet,
+    ) -> list[str]:
         """tiktoken's policy: the allowed special tokens, after raising on disallowed special text."""
         specials = set(self._special_tokens)
         if allowed_special == "all":
@@ -203,7 +213,9 @@ class Tokenizer:
         if disallowed_special == "all":
             disallowed = specials - allowed
         elif isinstance(disallowed_special, str):
-            raise ValueError(f"disallowed_special must be 'all' or a set of strings, got {disallowed_special!r}")
+            raise ValueError(
+                f"disallowed_special must be 'all' or a set of strings, got {disallowed_special!r}"
+            )
         else:
             disallowed = set(disallowed_special)
         if disallowed:
@@ -212,7 +224,9 @@ class Tokenizer:
             for index, text in enumerate(texts):
                 match = finder.search(text)
                 if match:
-                    where = f"character {match.start()}" + ("" if isinstance(text_or_texts, str) else f" of text {index}")
+                    where = f"character {match.start()}" + (
+                        "" if isinstance(text_or_texts, str) else f" of text {index}"
+                    )
                     raise ValueError(
                         f"Encountered text corresponding to disallowed special token {match.group(0)!r} at {where}.\n"
                         f"If you want this text to be encoded as a special token, pass it to `allowed_special`, "
@@ -255,7 +269,9 @@ class Tokenizer:
         allowed = self._allowed_list(texts, allowed_special, disallowed_special)
         return self._core.encode_batch(texts, allowed, _threads(num_threads))
 
-    def encode_ordinary_batch(self, texts: Iterable[str], *, num_threads: Optional[int] = None) -> list[list[int]]:
+    def encode_ordinary_batch(
+        self, texts: Iterable[str], *, num_threads: Optional[int] = None
+    ) -> list[list[int]]:
         """`encode_ordinary` of every text, in parallel."""
         return self.encode_batch(texts, disallowed_special=(), num_threads=num_threads)
 
@@ -264,7 +280,9 @@ class Tokenizer:
     ) -> np.ndarray:
         """`encode` as a read-only np.uint32 array, built without a Python int per token."""
         self._check_text(text)
-        buffer = self._core.encode_to_buffer(text, self._allowed_list(text, allowed_special, disallowed_special))
+        buffer = self._core.encode_to_buffer(
+            text, self._allowed_list(text, allowed_special, disallowed_special)
+        )
         return np.frombuffer(buffer, dtype="<u4").astype(np.uint32, copy=False)
 
     # ------------------------------------------------------------------------------------------------
@@ -343,7 +361,9 @@ class Tokenizer:
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        rebuilt = Tokenizer.from_parts(state["tokens"], state["merges"], state["special_tokens"], state["pattern"])
+        rebuilt = Tokenizer.from_parts(
+            state["tokens"], state["merges"], state["special_tokens"], state["pattern"]
+        )
         self.__dict__.update(rebuilt.__dict__)
 
     def __repr__(self) -> str:
@@ -385,7 +405,10 @@ def _read_tiktoken_ranks(path: Path) -> list[tuple[int, bytes]]:
 @lru_cache(maxsize=1)
 def _bundled_gpt2() -> Tokenizer:
     folder = resources.files("bpe_fast") / "gpt2"
-    with resources.as_file(folder / "encoder.json") as encoder, resources.as_file(folder / "vocab.bpe") as merges:
+    with (
+        resources.as_file(folder / "encoder.json") as encoder,
+        resources.as_file(folder / "vocab.bpe") as merges,
+    ):
         return Tokenizer.from_gpt2(encoder, merges)
 
 

@@ -33,7 +33,9 @@ def _positive_int(name: str, value: object, minimum: int) -> int:
 
 def _check_special_tokens(special_tokens: Sequence[str]) -> list[str]:
     if isinstance(special_tokens, str):
-        raise ValueError(f"special_tokens must be a sequence of str, not one str ({special_tokens!r}); wrap it in a list")
+        raise ValueError(
+            f"special_tokens must be a sequence of str, not one str ({special_tokens!r}); wrap it in a list"
+        )
     result = list(special_tokens)
     for token in result:
         if not isinstance(token, str) or not token:
@@ -56,7 +58,9 @@ class _Feeder:
     def add_file(self, path: PathLike) -> None:
         path = Path(path)
         if path.is_dir():
-            raise ValueError(f"{path}: is a directory; pass the files in it (e.g. sorted(Path(dir).glob('*.txt')))")
+            raise ValueError(
+                f"{path}: is a directory; pass the files in it (e.g. sorted(Path(dir).glob('*.txt')))"
+            )
         self.flush()
         self.counter.add_file(os.fspath(path), self.doc_sep)
 
@@ -79,7 +83,9 @@ def _feed(feeder: _Feeder, data: TrainingData) -> None:
     if isinstance(data, (str, os.PathLike)):
         feeder.add_file(data)  # a single path (str or PathLike) is one file
     elif isinstance(data, (bytes, bytearray)):
-        raise ValueError("training data must be a path, an iterable of paths or an iterable of str, not bytes")
+        raise ValueError(
+            "training data must be a path, an iterable of paths or an iterable of str, not bytes"
+        )
     else:
         try:
             items = iter(data)

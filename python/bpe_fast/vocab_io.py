@@ -64,7 +64,9 @@ def _read_json(path: Path) -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 (invalid byte at offset {err.start}), not a vocab file") from None
+        raise ValueError(
+            f"{path}: not UTF-8 (invalid byte at offset {err.start}), not a vocab file"
+        ) from None
     try:
         return json.loads(text, object_pairs_hook=_reject_duplicate_keys)
     except _DuplicateKey as err:
@@ -117,7 +119,9 @@ def _parse_tokens(path: Path, where: str, mapping: Any) -> dict[int, bytes]:
 
 def _parse_merges(path: Path, merges: Any, tokens: dict[int, bytes]) -> list[tuple[int, int]]:
     if not isinstance(merges, list):
-        raise ValueError(f"{path}: merges must be a JSON list of [left_id, right_id], got {type(merges).__name__}")
+        raise ValueError(
+            f"{path}: merges must be a JSON list of [left_id, right_id], got {type(merges).__name__}"
+        )
     id_of_bytes = {value: key for key, value in tokens.items()}
     seen: dict[tuple[int, int], int] = {}
     parsed: list[tuple[int, int]] = []
@@ -157,7 +161,9 @@ def _parse_special_tokens(path: Path, specials: Any, tokens: dict[int, bytes]) -
         if token_id in tokens:
             raise ValueError(f"{path}: special token {text!r} id {token_id} is also an id in vocab")
         if token_id in owner_of_id:
-            raise ValueError(f"{path}: special token {text!r} id {token_id} is also {owner_of_id[token_id]!r}'s id")
+            raise ValueError(
+                f"{path}: special token {text!r} id {token_id} is also {owner_of_id[token_id]!r}'s id"
+            )
         parsed[text] = token_id
         owner_of_id[token_id] = text
     return parsed
@@ -191,7 +197,9 @@ def load_vocab(path: PathLike, pattern: Optional[str] = None) -> VocabData:
         )
     version = document.get("version")
     if version != FORMAT_VERSION or isinstance(version, bool):
-        raise ValueError(f"{path}: unsupported version {version!r} (this reader knows version {FORMAT_VERSION})")
+        raise ValueError(
+            f"{path}: unsupported version {version!r} (this reader knows version {FORMAT_VERSION})"
+        )
     unknown = sorted(set(document) - _TOP_LEVEL_KEYS)
     if unknown:
         raise ValueError(f"{path}: unknown keys {unknown} (expected {sorted(_TOP_LEVEL_KEYS)})")
@@ -223,14 +231,21 @@ def format_vocab(
         f'"version": {FORMAT_VERSION},',
         f'"pattern": {_json_str(pattern)},',
         '"special_tokens": {'
-        + ", ".join(f"{_json_str(text)}: {i}" for text, i in sorted(special_tokens.items(), key=lambda kv: kv[1]))
+        + ", ".join(
+            f"{_json_str(text)}: {i}" for text, i in sorted(special_tokens.items(), key=lambda kv: kv[1])
+        )
         + "},",
         '"vocab": {',
     ]
     ordered = sorted(tokens.items())
-    lines += [f'"{i}": "{value.hex()}"' + ("," if n + 1 < len(ordered) else "") for n, (i, value) in enumerate(ordered)]
+    lines += [
+        f'"{i}": "{value.hex()}"' + ("," if n + 1 < len(ordered) else "")
+        for n, (i, value) in enumerate(ordered)
+    ]
     lines += ["},", '"merges": [']
-    lines += [f"[{left}, {right}]" + ("," if n + 1 < len(merges) else "") for n, (left, right) in enumerate(merges)]
+    lines += [
+        f"[{left}, {right}]" + ("," if n + 1 < len(merges) else "") for n, (left, right) in enumerate(merges)
+    ]
     lines += ["]", "}"]
     return "\n".join(lines) + "\n"
 
@@ -238,7 +253,10 @@ def format_vocab(
 def format_bare(tokens: dict[int, bytes]) -> str:
     """The report's bare map: {"id": "hex"} for every (non-special) token, sorted by id."""
     ordered = sorted(tokens.items())
-    body = [f'  "{i}": "{value.hex()}"' + ("," if n + 1 < len(ordered) else "") for n, (i, value) in enumerate(ordered)]
+    body = [
+        f'  "{i}": "{value.hex()}"' + ("," if n + 1 < len(ordered) else "")
+        for n, (i, value) in enumerate(ordered)
+    ]
     return "{\n" + "\n".join(body) + "\n}\n"
 
 
