@@ -1,0 +1,32 @@
+"""Shared test fixtures. Tests never read /work/shared: only data shipped in the repo."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+try:  # an installed bpe_fast (maturin develop / pip install) wins; else the source tree
+    import bpe_fast  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(REPO / "python"))
+
+CORPORA = REPO / "data" / "corpora"
+
+
+def corpus_slice(name: str, chars: int, start: int = 0) -> str:
+    """A prefix-free slice of a bundled corpus (characters, so never a broken UTF-8 sequence)."""
+    return (CORPORA / name).read_text(encoding="utf-8")[start : start + chars]
+
+
+@pytest.fixture(scope="session")
+def shakespeare() -> str:
+    return corpus_slice("tinyshakespeare.txt", 20_000)
+
+
+@pytest.fixture(scope="session")
+def sanguo() -> str:
+    return corpus_slice("sanguo_yanyi.txt", 8_000)
