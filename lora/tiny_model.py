@@ -1,0 +1,85 @@
+"""Tiny randomly initialised causal LMs with GPT-2's tokenizer, for smoke tests and offline trials.
+
+    python -m lora.tiny_model --arch gpt2 --out /tmp/tiny-gpt2
+
+writes an HF model directory (config, safetensors weights, tokenizer files) that every lora/ tool
+accepts as --model. The tokenizer is GPT-2's own (the repo's python/bpe_fast/gpt2 files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from lora.modeling import bundled_gpt2_tokenizer
+
+GPT2_VOCAB_SIZE = 50257
+
+
+def tiny_model(arch: str, seed: int = 0, n_layer: int = 2, n_embd: int = 32, n_head: int = 2, context: int = 256):
+    """A tiny model of the given architecture ('gpt2' or 'llama') over GPT-2's vocabulary."""
+    torch.manual_seed(seed)
+    if arch == "gpt2":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        config = GPT2Config(
+            vocab_size=GPT2_VOCAB_SIZE, n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=context
+        )
+        return GPT2LMHeadModel(config)
+    if arch == "llama":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        config = LlamaConfig(
+            vocab_size=GPT2_VOCAB_SIZE,
+            hidden_size=n_embd,
+            intermediate_size=n_embd * 2 + 8,  # not a multiple of hidden, so in/out mix-ups show in counts
+            num_hidden_layers=n_layer,
+            num_attention_heads=n_head,
+            num_key_value_heads=1,  # grouped-query attention: k/v projections narrower than q
+            max_position_embeddings=context,
+            bos_token_id=GPT2_VOCAB_SIZE - 1,
+            eos_token_id=GPT2_VOCAB_SIZE - 1,
+            tie_word_embeddings=True,
+        )
+        return LlamaForCausalLM(config)
+    raise ValueError(f"unknown tiny architecture {arch!r}; expected 'gpt2' or 'llama'")
+
+
+def write_tiny_model(out: Path, arch: str = "gpt2", seed: int = 0, **sizes) -> Path:
+    """Write the tiny model plus GPT-2's tokenizer to `out` (atomically: temp folder, then rename)."""
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} already exists")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
+    try:
+        tiny_model(arch, seed=seed, **sizes).save_pretrained(staging)
+        bundled_gpt2_tokenizer(staging / "_tok").save_pretrained(staging)
+        shutil.rmtree(staging / "_tok")
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lora.tiny_model", description=__doc__.split("\n")[0])
+    parser.add_argument("--arch", choices=["gpt2", "llama"], default="gpt2", help="architecture (default gpt2)")
+    parser.add_argument("--out", required=True, type=Path, help="new directory to write the model into")
+    parser.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
+    parser.add_argument("--layers", type=int, default=2, help="transformer blocks (default 2)")
+    parser.add_argument("--width", type=int, default=32, help="hidden size (default 32)")
+    parser.add_argument("--heads", type=int, default=2, help="attention heads (default 2)")
+    args = parser.parse_args(argv)
+    path = write_tiny_model(args.out, args.arch, args.seed, n_layer=args.layers, n_embd=args.width, n_head=args.heads)
+    print(f"wrote {args.arch} tiny model to {path}")
+
+
+if __name__ == "__main__":
+    main()
