@@ -201,20 +201,21 @@ def text_perplexity(
     return math.exp(nll_sum.item() / max(count.item(), 1.0))
 
 
-def hellaswag_accuracy(model, source: str, device, autocast, rank, world, ddp, limit) -> float:
-    """HellaSwag accuracy (gpt.hellaswag scores the examples; ranks split them and all_reduce counts)."""
+def hellaswag_accuracy(model, examples, tok, device, bf16: bool, rank, world, ddp, limit) -> float:
+    """HellaSwag acc_norm: gpt.hellaswag scores this rank's share of the examples; counts are all-reduced."""
     from gpt import hellaswag
 
     model.eval()
-    with autocast():
-        correct, total = hellaswag.evaluate(
-            model,
-            None if source == "hub" else source,
-            device=device,
-            rank=rank,
-            world_size=world,
-            limit=limit,
-        )
+    correct, total = hellaswag.evaluate(
+        model,
+        examples,
+        tokenizer=tok,
+        device=device,
+        rank=rank,
+        world_size=world,
+        autocast_dtype=torch.bfloat16 if bf16 else None,
+        limit=limit,
+    )
     counts = torch.tensor([correct, total], device=device, dtype=torch.long)
     if ddp:
         dist.all_reduce(counts)
@@ -369,6 +370,13 @@ def _train(cfg: TrainConfig, ddp: bool, rank: int, world: int, master: bool, dev
             )
         eval_tokens = torch.tensor(ids, dtype=torch.long)
 
+    hellaswag_examples = None
+    if cfg.hellaswag:
+        from gpt.hellaswag import load_examples
+
+        # Loaded (or downloaded, for 'hub') once, up front: a bad path fails before any training.
+        hellaswag_examples = load_examples(None if cfg.hellaswag == "hub" else cfg.hellaswag)
+
     # Model and optimizer. The same seed on every rank gives the same initial weights.
     torch.manual_seed(cfg.seed)
     model_cfg = model_config(cfg, vocab_size, real_vocab)
@@ -466,7 +474,15 @@ def _train(cfg: TrainConfig, ddp: bool, rank: int, world: int, master: bool, dev
                 )
             if cfg.hellaswag and (step % cfg.hellaswag_every == 0 or last):
                 record["hellaswag"] = hellaswag_accuracy(
-                    raw_model, cfg.hellaswag, device, autocast, rank, world, ddp, cfg.hellaswag_limit
+                    raw_model,
+                    hellaswag_examples,
+                    tok,
+                    device,
+                    use_bf16,
+                    rank,
+                    world,
+                    ddp,
+                    cfg.hellaswag_limit,
                 )
             if eval_tokens is not None and (step % cfg.eval_text_every == 0 or last):
                 record["ppl"] = text_perplexity(

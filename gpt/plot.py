@@ -1,0 +1,96 @@
+"""Plot a training run's curves: `python -m gpt.plot OUT [-o loss.png]`.
+
+Reads OUT/log.jsonl (written by gpt.train) and draws train and validation loss against the step, plus
+HellaSwag accuracy and held-out perplexity in extra panels when the log has them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+
+def read_log(path: Path) -> list[dict]:
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError as e:
+            raise ValueError(f"{path}:{number}: not a JSON line: {e}") from e
+    return records
+
+
+def series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
+    points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def plot(records: list[dict], out_png: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    extra = [key for key in ("hellaswag", "ppl") if series(records, key)[0]]
+    fig, axes = plt.subplots(1, 1 + len(extra), figsize=(6 * (1 + len(extra)), 4.5), squeeze=False)
+    ax = axes[0][0]
+    steps, loss = series(records, "loss")
+    ax.plot(steps, loss, label="train loss", linewidth=0.8, alpha=0.8)
+    val_steps, val = series(records, "val_loss")
+    if val_steps:
+        ax.plot(val_steps, val, "o-", label="val loss", markersize=3)
+        ax.set_title(f"{title}: min val loss {min(val):.4f}")
+    else:
+        ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    labels = {"hellaswag": "HellaSwag acc_norm", "ppl": "held-out perplexity"}
+    for ax, key in zip(axes[0][1:], extra):
+        xs, ys = series(records, key)
+        ax.plot(xs, ys, "o-", markersize=3, color="tab:green")
+        ax.set_title(f"{labels[key]} (last {ys[-1]:.4g})")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    # Rendered to a temp file then renamed: a reader never sees half a PNG.
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out_png.name}.", suffix=".png", dir=out_png.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, out_png)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+        plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="gpt.plot", description="Plot loss curves from a gpt.train output folder."
+    )
+    parser.add_argument("out", help="the training output folder (holding log.jsonl), or a log.jsonl path")
+    parser.add_argument("-o", "--output", help="PNG to write (default: OUT/loss.png)")
+    args = parser.parse_args(argv)
+    source = Path(args.out)
+    log = source if source.is_file() else source / "log.jsonl"
+    if not log.is_file():
+        parser.error(f"{log} does not exist (is {source} a gpt.train --out folder?)")
+    records = read_log(log)
+    if not any(r.get("loss") is not None for r in records):
+        parser.error(f"{log} has no logged steps yet")
+    out_png = Path(args.output) if args.output else log.parent / "loss.png"
+    plot(records, out_png, log.parent.name)
+    print(out_png)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
