@@ -487,6 +487,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 args.dataset, name=args.name, split=args.split, text_field=args.text_field,
                 max_doc_bytes=args.max_doc_bytes, worker=args.worker, num_workers=args.num_workers,
             )  # fmt: skip
+            source.open()
         out_dir = Path(args.out)
         if args.num_workers > 1:
             out_dir = out_dir / f"worker_{args.worker:04d}"

@@ -388,7 +388,8 @@ class HubSource:
             "split_by": "record",
         }
 
-    def _open(self):
+    def open(self):
+        """Connects to the dataset now (the CLI calls it first, so an offline run fails before any work)."""
         if self._stream is None:
             try:
                 import datasets
@@ -409,7 +410,7 @@ class HubSource:
         return self._stream
 
     def _split_info(self):
-        info = getattr(self._open(), "info", None)
+        info = getattr(self.open(), "info", None)
         splits = getattr(info, "splits", None) or {}
         return splits.get(self.split) if hasattr(splits, "get") else None
 
@@ -426,10 +427,10 @@ class HubSource:
         rows = getattr(split_info, "num_examples", None)
         if rows:
             return len(range(self.worker, rows, self.num_workers))
-        return sum(1 for i, _ in enumerate(self._open()) if i % self.num_workers == self.worker)
+        return sum(1 for i, _ in enumerate(self.open()) if i % self.num_workers == self.worker)
 
     def records(self, start: Position = Position()) -> Iterator[Record]:
-        stream = self._open()
+        stream = self.open()
         if start.record_in_file:
             stream = stream.skip(start.record_in_file)
         row, part_record = start.record_in_file, start.part_record
