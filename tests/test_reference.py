@@ -112,7 +112,9 @@ def tiktoken_gpt2():
     import tiktoken
 
     encoder, merges = bundled_gpt2_paths()
-    ranks = tiktoken_load.data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=str(merges), encoder_json_file=str(encoder))
+    ranks = tiktoken_load.data_gym_to_mergeable_bpe_ranks(
+        vocab_bpe_file=str(merges), encoder_json_file=str(encoder)
+    )
     return tiktoken.Encoding(
         "gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256}
     )

@@ -43,7 +43,12 @@ def test_v1_round_trip_is_exact_and_deterministic(tmp_path):
     tokens, merges, specials = small_vocab()
     path = vocab_io.save_vocab(tmp_path / "v.json", tokens, merges, specials, "gpt2")
     loaded = vocab_io.load_vocab(path)
-    assert (loaded.tokens, loaded.merges, loaded.special_tokens, loaded.pattern) == (tokens, merges, specials, "gpt2")
+    assert (loaded.tokens, loaded.merges, loaded.special_tokens, loaded.pattern) == (
+        tokens,
+        merges,
+        specials,
+        "gpt2",
+    )
     # Same content in another insertion order -> the same bytes.
     shuffled = dict(reversed(list(tokens.items())))
     again = vocab_io.save_vocab(tmp_path / "w.json", shuffled, merges, specials, "gpt2")
