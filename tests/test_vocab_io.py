@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from bpe_fast import reference, vocab_io
 
 
