@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 GPT2_DIR = REPO / "python" / "bpe_fast" / "gpt2"
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 SHARD_SIZE = 100_000_000
+MEMORY_SHARD_SIZE = 2_000_000
 
 
 # ------------------------------------------------------------------------------------------------
@@ -71,7 +72,7 @@ def _documents(files):
                 yield doc
 
 
-def baseline_main(out_dir: str, nprocs: int, files: list[str]) -> None:
+def baseline_main(out_dir: str, nprocs: int, shard_size: int, files: list[str]) -> None:
     import multiprocessing as mp
 
     import numpy as np
@@ -81,15 +82,15 @@ def baseline_main(out_dir: str, nprocs: int, files: list[str]) -> None:
     os.makedirs(out_dir, exist_ok=True)
     with mp.Pool(nprocs, initializer=_init_worker) as pool:
         shard_index = 0
-        buffer = np.empty((SHARD_SIZE,), dtype=np.uint16)
+        buffer = np.empty((shard_size,), dtype=np.uint16)
         count = 0
         for tokens in pool.imap(_tokenize, _documents(files), chunksize=16):
-            if count + len(tokens) < SHARD_SIZE:
+            if count + len(tokens) < shard_size:
                 buffer[count : count + len(tokens)] = tokens
                 count += len(tokens)
             else:
                 split = "val" if shard_index == 0 else "train"
-                remainder = SHARD_SIZE - count
+                remainder = shard_size - count
                 buffer[count : count + remainder] = tokens[:remainder]
                 write_shard(os.path.join(out_dir, f"{split}_{shard_index:06d}.bin"), buffer, vocab_size=50257)
                 shard_index += 1
@@ -195,79 +196,92 @@ def main() -> int:
     files = corpus_files(corpora)
     megabytes = sum(p.stat().st_size for p in files) / 1e6
     cpus = os.cpu_count() or 1
-    rows = []
     with tempfile.TemporaryDirectory(prefix="prepare_bench_") as tmp:
         tmp = Path(tmp)
         (tmp / "x4").mkdir()
-        links4 = repeated(files, 4, tmp / "x4")
+        corpus = {1: files, 4: repeated(files, 4, tmp / "x4")}
 
-        def ours(name, inputs, runs):
+        def ours(name, copies, shard_size, runs):
             out = tmp / name
-            argv = ["gpt.prepare", "--files", *map(str, inputs), "--doc-sep", "\\n\\n", "--tokenizer", "gpt2",
-                    "--out", str(out), "--no-progress", "-q", "--overwrite"]  # fmt: skip
+            argv = ["gpt.prepare", "--files", *map(str, corpus[copies]), "--doc-sep", "\\n\\n", "--tokenizer",
+                    "gpt2", "--out", str(out), "--shard-size", str(shard_size), "--no-progress", "-q", "--overwrite"]  # fmt: skip
             return [measure(argv, module="gpt.prepare") for _ in range(runs)], out
 
-        def theirs(name, nprocs, runs):
+        def theirs(name, copies, nprocs, shard_size, runs):
             out = tmp / name
             results = []
             for _ in range(runs):
                 for old in out.glob("*.bin") if out.exists() else []:
                     old.unlink()
-                argv = [str(Path(__file__).resolve()), "_baseline", str(out), str(nprocs), *map(str, files)]
+                argv = [str(Path(__file__).resolve()), "_baseline", str(out), str(nprocs), str(shard_size),
+                        *map(str, corpus[copies])]  # fmt: skip
                 results.append(measure(argv))
             return results, out
 
-        ours_runs, ours_out = ours("ours", files, args.repeat)
-        base_full, base_out = theirs("nanogpt_full", cpus, args.repeat)
-        base_half, _ = theirs("nanogpt_half", max(1, cpus // 2), args.repeat)
-        ours_x4, _ = ours("ours_x4", links4, 1)
-
+        # Speed: the default 100M-token shards, best of --repeat, runs interleaved.
+        ours_runs, base_full, base_half = [], [], []
+        for _ in range(args.repeat):
+            runs, ours_out = ours("ours", 1, SHARD_SIZE, 1)
+            ours_runs += runs
+            runs, base_out = theirs("nanogpt_full", 1, cpus, SHARD_SIZE, 1)
+            base_full += runs
+            runs, _ = theirs("nanogpt_half", 1, max(1, cpus // 2), SHARD_SIZE, 1)
+            base_half += runs
         ours_stream, base_stream = stream_of(ours_out), stream_of(base_out)
         identical = ours_stream.shape == base_stream.shape and bool((ours_stream == base_stream).all())
         tokens = int(ours_stream.size)
 
-        for label, runs, size in (
-            (f"gpt.prepare (bpe_fast, {cpus} threads)", ours_runs, megabytes),
-            (f"build-nanogpt (tiktoken, Pool({cpus}))", base_full, megabytes),
-            (f"build-nanogpt (tiktoken, Pool({max(1, cpus // 2)}) = cpu//2)", base_half, megabytes),
-            (f"gpt.prepare, corpus x4 ({cpus} threads)", ours_x4, megabytes * 4),
-        ):
-            run = best(runs)
-            run_tokens = tokens * (4 if "x4" in label else 1)
-            rows.append(
-                {
-                    "job": label,
-                    "mb": size,
-                    "tokens": run_tokens,
-                    **run,
-                    "tokens_per_s": run_tokens / run["seconds"],
-                }
-            )
+        # Memory: 2M-token shards, so 1x and 4x both run in steady state (several shards each); a
+        # 100M-token shard buffer would be filled further by the larger input and hide flatness.
+        memory = {
+            (who, copies): (ours("mem_ours", copies, MEMORY_SHARD_SIZE, 1)[0] if who == "gpt.prepare"
+                            else theirs("mem_nanogpt", copies, cpus, MEMORY_SHARD_SIZE, 1)[0])[0]
+            for who in ("gpt.prepare", "build-nanogpt") for copies in (1, 4)
+        }  # fmt: skip
 
+    rows = []
+    for label, runs in (
+        (f"gpt.prepare (bpe_fast, {cpus} threads)", ours_runs),
+        (f"build-nanogpt (tiktoken, Pool({cpus}))", base_full),
+        (f"build-nanogpt (tiktoken, Pool({max(1, cpus // 2)}) = cpu//2)", base_half),
+    ):
+        run = best(runs)
+        rows.append(
+            {"job": label, "mb": megabytes, "tokens": tokens, **run, "tokens_per_s": tokens / run["seconds"]}
+        )
     ours_best = rows[0]["tokens_per_s"]
     baseline_best = max(rows[1]["tokens_per_s"], rows[2]["tokens_per_s"])
-    print(f"corpus: {len(files)} files, {megabytes:.1f} MB, {tokens:,} GPT-2 tokens (blank-line documents); "
-          f"{cpus} CPUs; best of {args.repeat}; token streams identical: {identical}")  # fmt: skip
-    header = f"{'job':<52} {'MB':>7} {'tokens':>12} {'s':>7} {'Mtok/s':>7} {'RSS MiB':>8} {'child MiB':>9}"
+
+    print(f"corpus: {len(files)} files of {corpora}/{{en,zh}}, {megabytes:.1f} MB, {tokens:,} GPT-2 tokens "
+          f"(blank-line documents); {cpus} CPUs; best of {args.repeat}; token streams identical: {identical}")  # fmt: skip
+    header = f"{'job':<50} {'MB':>6} {'tokens':>11} {'s':>7} {'Mtok/s':>7} {'MB/s':>6} {'RSS MiB':>8} {'child MiB':>9}"
     print(header)
     print("-" * len(header))
     for row in rows:
-        print(f"{row['job']:<52} {row['mb']:7.1f} {row['tokens']:12,} {row['seconds']:7.2f} "
-              f"{row['tokens_per_s'] / 1e6:7.2f} {row['rss_own_mib']:8.0f} {row['rss_child_mib']:9.0f}")  # fmt: skip
+        print(f"{row['job']:<50} {row['mb']:6.1f} {row['tokens']:11,} {row['seconds']:7.2f} "
+              f"{row['tokens_per_s'] / 1e6:7.2f} {row['mb'] / row['seconds']:6.2f} {row['rss_own_mib']:8.0f} "
+              f"{row['rss_child_mib']:9.0f}")  # fmt: skip
     print(f"speed-up vs the faster build-nanogpt run: {ours_best / baseline_best:.2f}x")
-    print(
-        f"peak RSS gpt.prepare 1x -> 4x corpus: {rows[0]['rss_own_mib']:.0f} -> {rows[3]['rss_own_mib']:.0f} MiB"
-    )
+    print(f"peak RSS with {MEMORY_SHARD_SIZE:,}-token shards (own / largest child, MiB):")
+    for who in ("gpt.prepare", "build-nanogpt"):
+        one, four = memory[(who, 1)], memory[(who, 4)]
+        print(f"  {who:<14} 1x corpus {one['rss_own_mib']:6.0f} / {one['rss_child_mib']:4.0f}   "
+              f"4x corpus {four['rss_own_mib']:6.0f} / {four['rss_child_mib']:4.0f}   "
+              f"(4x took {four['seconds']:.1f} s)")  # fmt: skip
     if args.json:
-        Path(args.json).write_text(
-            json.dumps({"rows": rows, "identical": identical, "speedup": ours_best / baseline_best}, indent=1)
-        )
+        report = {
+            "rows": rows,
+            "identical": identical,
+            "speedup": ours_best / baseline_best,
+            "memory": {f"{who} x{copies}": run for (who, copies), run in memory.items()},
+        }
+        Path(args.json).write_text(json.dumps(report, indent=1))
     return 0 if identical else 1
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_baseline":
         sys.path.insert(0, str(REPO))
-        baseline_main(sys.argv[2], int(sys.argv[3]), sys.argv[4:])
+        baseline_main(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:])
     else:
         sys.exit(main())

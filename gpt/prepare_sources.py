@@ -354,7 +354,9 @@ class HubSource:
     """Rows of a Hugging Face dataset streamed with `datasets.load_dataset(..., streaming=True)`.
 
     `dataset` is a hub name (e.g. HuggingFaceFW/fineweb-edu with name="sample-10BT") or a local
-    folder/builder `datasets` understands. The worker split is by row number modulo num_workers.
+    folder/builder `datasets` understands. Worker split: by data file (`IterableDataset.shard`, so a
+    worker downloads only its files) when the dataset has at least num_workers files, else by row
+    number modulo num_workers.
     """
 
     def __init__(
@@ -385,8 +387,19 @@ class HubSource:
             "max_doc_bytes": self.max_doc_bytes,
             "worker": self.worker,
             "num_workers": self.num_workers,
-            "split_by": "record",
+            "split_by": "file" if self._by_file() else "record",
         }
+
+    def _by_file(self) -> bool:
+        return self.num_workers > 1 and getattr(self.open(), "n_shards", 0) >= self.num_workers
+
+    def _part(self):
+        """This worker's rows: its data files when split by file, else the whole stream (filtered later)."""
+        stream = self.open()
+        return stream.shard(num_shards=self.num_workers, index=self.worker) if self._by_file() else stream
+
+    def _mine(self, row: int) -> bool:
+        return self._by_file() or row % self.num_workers == self.worker
 
     def open(self):
         """Connects to the dataset now (the CLI calls it first, so an offline run fails before any work)."""
@@ -425,19 +438,20 @@ class HubSource:
     def count_part_records(self) -> int:
         split_info = self._split_info()
         rows = getattr(split_info, "num_examples", None)
-        if rows:
+        if rows and not self._by_file():
             return len(range(self.worker, rows, self.num_workers))
-        return sum(1 for i, _ in enumerate(self.open()) if i % self.num_workers == self.worker)
+        return sum(1 for row, _ in enumerate(self._part()) if self._mine(row))
 
     def records(self, start: Position = Position()) -> Iterator[Record]:
-        stream = self.open()
+        stream = self._part()
         if start.record_in_file:
             stream = stream.skip(start.record_in_file)
         row, part_record = start.record_in_file, start.part_record
+        by_file = self._by_file()
         for example in stream:
             position = Position(0, row, row, part_record)
             row += 1
-            if position.record_index % self.num_workers != self.worker:
+            if not by_file and position.record_index % self.num_workers != self.worker:
                 continue
             part_record += 1
             if not isinstance(example, dict) or self.text_field not in example:

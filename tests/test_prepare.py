@@ -504,6 +504,15 @@ def test_dataset_source_streams_a_local_dataset_folder(gpt2, tmp_path):
         m = run_prepare(HubSource(str(data), worker=worker, num_workers=2), gpt2, out, shard_size=30)
         parts.append(decoded_docs(gpt2, stream(out, m), 50256))
     assert parts == [texts[0::2], texts[1::2]]
+    # with at least as many data files as workers, each worker streams only its own files
+    for i in range(3):
+        (data / f"more{i}.jsonl").write_text(json.dumps({"text": f"extra {i}"}) + "\n", encoding="utf-8")
+    got = []
+    for worker in range(2):
+        source = HubSource(str(data), worker=worker, num_workers=2)
+        assert source.describe()["split_by"] == "file"
+        got += [r.text for r in source.records()]
+    assert sorted(got) == sorted(texts + [f"extra {i}" for i in range(3)])
 
 
 @pytest.mark.slow
