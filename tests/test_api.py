@@ -1,0 +1,248 @@
+"""The public Python API: GPT-2 equals tiktoken, Rust encode equals the reference, special-token policy,
+batch/numpy forms, properties, pickling, tiktoken rank files, training options."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+
+import bpe_fast
+import numpy as np
+import pytest
+from bpe_fast import export, reference
+from bpe_fast.patterns import GPT2_PATTERN
+from bpe_fast.tokenizer import Tokenizer, bundled_gpt2_paths
+from conftest import CORPORA, corpus_slice
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+ENDOFTEXT = "<|endoftext|>"
+
+
+@pytest.fixture(scope="module")
+def gpt2() -> Tokenizer:
+    return Tokenizer.gpt2()
+
+
+@pytest.fixture(scope="module")
+def tiktoken_gpt2():
+    tiktoken = pytest.importorskip("tiktoken")
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+    encoder, merges = bundled_gpt2_paths()
+    ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=str(merges), encoder_json_file=str(encoder))
+    return tiktoken.Encoding(
+        "gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={ENDOFTEXT: 50256}
+    )
+
+
+# ------------------------------------------------------------------------------------------------------
+# GPT-2 == tiktoken
+# ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["tinyshakespeare.txt", "sanguo_yanyi.txt"])
+def test_gpt2_equals_tiktoken_on_whole_corpora(gpt2, tiktoken_gpt2, name):
+    text = (CORPORA / name).read_text(encoding="utf-8")
+    assert gpt2.encode_ordinary(text) == tiktoken_gpt2.encode_ordinary(text)
+    assert gpt2.decode(gpt2.encode_ordinary(text)) == text
+
+
+def test_gpt2_properties(gpt2):
+    assert gpt2.vocab_size == 50257
+    assert gpt2.special_tokens == {ENDOFTEXT: 50256}
+    assert len(gpt2.merges) == 50000
+    assert gpt2.pattern == "gpt2"
+    assert gpt2.token_bytes(50256) == ENDOFTEXT.encode()
+    assert gpt2.id_to_bytes(31373) == b"hello"
+    assert "vocab_size=50257" in repr(gpt2)
+
+
+def test_gpt2_special_tokens_match_tiktoken_policy(gpt2, tiktoken_gpt2):
+    text = (
+        corpus_slice("tinyshakespeare.txt", 2000)
+        + ENDOFTEXT
+        + corpus_slice("sanguo_yanyi.txt", 500)
+        + ENDOFTEXT
+    )
+    for kwargs in [
+        {"allowed_special": "all"},
+        {"allowed_special": {ENDOFTEXT}},
+        {"disallowed_special": ()},
+        {"allowed_special": set(), "disallowed_special": set()},
+    ]:
+        assert gpt2.encode(text, **kwargs) == tiktoken_gpt2.encode(text, **kwargs), kwargs
+    for kwargs in [{}, {"allowed_special": set()}, {"disallowed_special": {ENDOFTEXT}}]:
+        with pytest.raises(ValueError) as ours:
+            gpt2.encode(text, **kwargs)
+        with pytest.raises(ValueError):
+            tiktoken_gpt2.encode(text, **kwargs)
+        assert ENDOFTEXT in str(ours.value) and "character 2000" in str(ours.value)
+    assert gpt2.encode_ordinary(text) == tiktoken_gpt2.encode_ordinary(text)
+    documents = text.split("\n")
+    assert gpt2.encode_batch(documents, allowed_special="all") == tiktoken_gpt2.encode_batch(
+        documents, allowed_special="all"
+    )
+    with pytest.raises(ValueError, match="of text"):
+        gpt2.encode_batch(["fine", "not " + ENDOFTEXT])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(max_size=80))
+def test_gpt2_equals_tiktoken_on_any_text(gpt2, tiktoken_gpt2, text):
+    assert gpt2.encode_ordinary(text) == tiktoken_gpt2.encode_ordinary(text)
+    assert gpt2.decode(gpt2.encode_ordinary(text)) == text
+
+
+# ------------------------------------------------------------------------------------------------------
+# Rust encode == reference encode on trained vocabs
+# ------------------------------------------------------------------------------------------------------
+
+TRAIN_TEXT = corpus_slice("tinyshakespeare.txt", 12_000) + corpus_slice("sanguo_yanyi.txt", 3_000)
+
+
+@pytest.fixture(scope="module", params=["gpt2", "gpt4", "raw"])
+def trained(request):
+    documents = TRAIN_TEXT.split("\n\n") if request.param == "raw" else [TRAIN_TEXT]
+    ours = bpe_fast.train(documents, 600, pattern=request.param, special_tokens=[ENDOFTEXT])
+    oracle = reference.ReferenceTokenizer(ours.tokens(), ours.merges, ours.special_tokens, ours.pattern)
+    return ours, oracle
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    text=st.lists(st.sampled_from(list(TRAIN_TEXT[:3000]) + ["é", "😀", "\r", ENDOFTEXT]), max_size=120).map(
+        "".join
+    )
+)
+def test_rust_encode_equals_reference(trained, text):
+    ours, oracle = trained
+    assert ours.encode_ordinary(text) == oracle.encode_ordinary(text)
+    assert ours.encode(text, allowed_special="all") == oracle.encode(text, [ENDOFTEXT])
+    assert ours.decode(ours.encode_ordinary(text)) == text
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=60))
+def test_rust_encode_equals_reference_on_arbitrary_unicode(trained, text):
+    ours, oracle = trained
+    assert ours.encode_ordinary(text) == oracle.encode_ordinary(text)
+
+
+def test_corpus_slice_encodes_like_reference(trained):
+    ours, oracle = trained
+    text = corpus_slice("tinyshakespeare.txt", 2_000, start=200_000)
+    assert ours.encode_ordinary(text) == oracle.encode_ordinary(text)
+
+
+# ------------------------------------------------------------------------------------------------------
+# batch, numpy, pickling, module-level forms
+# ------------------------------------------------------------------------------------------------------
+
+
+def test_encode_batch_and_numpy_forms(gpt2):
+    texts = corpus_slice("tinyshakespeare.txt", 6000).split("\n") + ["", "博士论文"]
+    expected = [gpt2.encode(t) for t in texts]
+    assert gpt2.encode_batch(texts) == expected
+    assert gpt2.encode_batch(texts, num_threads=1) == expected
+    assert gpt2.encode_batch(iter(texts), num_threads=2) == expected
+    assert gpt2.encode_ordinary_batch(texts) == expected
+    array = gpt2.encode_to_numpy(texts[0])
+    assert array.dtype == np.uint32 and array.tolist() == expected[0]
+    for dtype in (np.uint16, np.int64, np.uint32):
+        assert gpt2.decode(np.array(expected[0], dtype=dtype)) == texts[0]
+    assert gpt2.decode(np.array([], dtype=np.int64)) == ""
+
+
+def test_module_level_encode_decode(gpt2):
+    ids = bpe_fast.encode(gpt2, "hello world")
+    assert ids == [31373, 995]
+    assert bpe_fast.decode(gpt2, ids) == "hello world"
+    assert set(bpe_fast.PATTERNS) == {"gpt2", "gpt4", "o200k"}
+    assert isinstance(bpe_fast.__version__, str)
+
+
+def test_pickle_round_trip(trained):
+    ours, _ = trained
+    again = pickle.loads(pickle.dumps(ours))
+    assert again.merges == ours.merges and again.special_tokens == ours.special_tokens
+    assert again.encode_ordinary(TRAIN_TEXT[:500]) == ours.encode_ordinary(TRAIN_TEXT[:500])
+
+
+def test_save_load_round_trip_and_pattern_override(tmp_path, trained):
+    ours, _ = trained
+    path = ours.save(tmp_path / "v.json")
+    loaded = bpe_fast.load(path)
+    assert loaded.merges == ours.merges and loaded.tokens() == ours.tokens()
+    assert loaded.special_tokens == ours.special_tokens and loaded.pattern == ours.pattern
+    assert loaded.to_json_text() == path.read_text()
+    assert bpe_fast.load(path, pattern="o200k").pattern == "o200k"
+
+
+def test_bare_map_round_trip_recovers_merges(tmp_path):
+    documents = TRAIN_TEXT.split("\n\n")
+    tok = bpe_fast.train(documents, 500, pattern="raw")
+    path = tmp_path / "bare.json"
+    tok.save(path, bare=True)
+    loaded = bpe_fast.load(path)
+    assert loaded.pattern == "raw" and loaded.merges == tok.merges
+    assert loaded.encode(TRAIN_TEXT[:2000]) == tok.encode(TRAIN_TEXT[:2000])
+
+
+def test_bare_save_warns_that_special_tokens_are_dropped(tmp_path, trained):
+    ours, _ = trained
+    with pytest.warns(UserWarning, match="special tokens"):
+        ours.save(tmp_path / "bare.json", bare=True)
+
+
+def test_gpt2_bare_map_recovers_gpt2_merges(tmp_path, gpt2):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = gpt2.save(tmp_path / "gpt2_bare.json", bare=True)
+    loaded = bpe_fast.load(path, pattern="gpt2")
+    assert loaded.merges == gpt2.merges
+
+
+def test_from_tiktoken_rank_file(tmp_path, gpt2, tiktoken_gpt2):
+    path = export.save_tiktoken(gpt2, tmp_path / "r50k_base.tiktoken")
+    known = Tokenizer.from_tiktoken(path)  # a known name: pattern and specials default to tiktoken's
+    assert known.pattern == "gpt2" and known.special_tokens == {ENDOFTEXT: 50256}
+    assert known.merges == gpt2.merges
+    other = path.rename(tmp_path / "mine.tiktoken")
+    with pytest.raises(ValueError, match="pattern"):
+        Tokenizer.from_tiktoken(other)
+    explicit = Tokenizer.from_tiktoken(other, pattern="gpt2", special_tokens={})
+    text = corpus_slice("tinyshakespeare.txt", 3000)
+    assert explicit.encode(text) == tiktoken_gpt2.encode(text)
+
+
+# ------------------------------------------------------------------------------------------------------
+# training options
+# ------------------------------------------------------------------------------------------------------
+
+
+def test_training_stops_early_with_a_warning():
+    with pytest.warns(UserWarning, match="stopped after"):
+        tok = bpe_fast.train(["abab"], 1000, pattern="raw", special_tokens=[ENDOFTEXT])
+    assert tok.merges == [(97, 98), (256, 256)]
+    assert tok.special_tokens == {ENDOFTEXT: 258} and tok.vocab_size == 259
+
+
+def test_training_from_a_generator_in_batches_matches_reference():
+    # More documents than one batch handed to Rust, from a generator (never a list in memory).
+    lines = corpus_slice("tinyshakespeare.txt", 60_000).split("\n")
+    documents = (line for _ in range(3) for line in lines)
+    tok = bpe_fast.train(documents, 400, pattern="gpt2")
+    oracle = reference.train([line for _ in range(3) for line in lines], 400, pattern="gpt2")
+    assert tok.merges == oracle.merges()
+
+
+def test_progress_bar(capsys):
+    bpe_fast.train([TRAIN_TEXT], 400, progress=True)
+    assert "merges" in capsys.readouterr().err
+
+
+def test_vocab_exactly_256_has_no_merges():
+    tok = bpe_fast.train(["hello"], 256)
+    assert tok.merges == [] and tok.vocab_size == 256
+    assert tok.encode("hi") == [104, 105]
