@@ -280,6 +280,7 @@ def prepare(
         if stray:
             raise PrepareError(f"{out_dir} already holds {stray[:3]}; use --overwrite or another --out")
         if val["mode"] == "fraction":
+            log.info("counting the input's records for --val-fraction (one extra pass over the input)")
             part_records = source.count_part_records()
             val["records"] = max(1, round(val_fraction * part_records)) if part_records else 0
         progress = Progress(config=config)
@@ -504,6 +505,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (PrepareError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: completed shards are kept; run the same command to continue", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
