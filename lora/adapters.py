@@ -25,7 +25,9 @@ def check_adapter_dir(adapter_dir: Path) -> Path:
     return adapter_dir
 
 
-def base_model_for(adapter_dir: Path, model: Optional[str], tokenizer: Optional[str]) -> Tuple[str, Optional[str]]:
+def base_model_for(
+    adapter_dir: Path, model: Optional[str], tokenizer: Optional[str]
+) -> Tuple[str, Optional[str]]:
     """The --model / --tokenizer to load under an adapter: as given, else as recorded by lora.finetune
     (run.json), else peft's base_model_name_or_path."""
     adapter_dir = check_adapter_dir(adapter_dir)

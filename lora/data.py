@@ -105,7 +105,9 @@ def read_local_rows(path: Path) -> List[dict]:
     """Rows of a local .jsonl / .json / .csv / .parquet file."""
     reader = LOCAL_READERS.get(path.suffix.lower())
     if reader is None:
-        raise ValueError(f"{path}: unsupported data file type {path.suffix!r}; use one of {sorted(LOCAL_READERS)}")
+        raise ValueError(
+            f"{path}: unsupported data file type {path.suffix!r}; use one of {sorted(LOCAL_READERS)}"
+        )
     rows = reader(path)
     if not rows:
         raise ValueError(f"{path}: no rows")
@@ -145,7 +147,9 @@ def load_rows(data: str, log=print) -> Tuple[List[dict], str]:
                 return _load_hub_rows(hub_id), f"{data} (hub {hub_id})"
             except Exception as error:  # any hub/datasets failure: fall back, but say why
                 log(f"notice: loading {hub_id} from the hub failed ({type(error).__name__}: {error})")
-        log(f"notice: the hub data set {hub_id} is not available offline; using the bundled sample {fallback!r}")
+        log(
+            f"notice: the hub data set {hub_id} is not available offline; using the bundled sample {fallback!r}"
+        )
         path = finetune_data_file(BUNDLED_DATASETS[fallback])
         return read_local_rows(path), f"{fallback} (bundled {path.name}, offline stand-in for {hub_id})"
     path = Path(data)
@@ -199,13 +203,17 @@ def pad_token_id(tokenizer) -> int:
     return tokenizer.eos_token_id
 
 
-def encode_alpaca(tokenizer, row: dict, max_length: int, index: int = 0, where: str = "data") -> Optional[Example]:
+def encode_alpaca(
+    tokenizer, row: dict, max_length: int, index: int = 0, where: str = "data"
+) -> Optional[Example]:
     """Prompt (labels -100) + response + EOS (labelled), truncated to max_length.
 
     The prompt and response are tokenized separately so that the label boundary is exact. Returns None
     when the prompt alone fills max_length (nothing would be trained on).
     """
-    prompt = alpaca_prompt(_field(row, "instruction", index, where), _field(row, "input", index, where, False))
+    prompt = alpaca_prompt(
+        _field(row, "instruction", index, where), _field(row, "input", index, where, False)
+    )
     response = _field(row, "output", index, where)
     if tokenizer.eos_token_id is None:
         raise ValueError("Alpaca formatting needs a tokenizer with an EOS token")
@@ -218,7 +226,9 @@ def encode_alpaca(tokenizer, row: dict, max_length: int, index: int = 0, where: 
     return Example(input_ids, labels)
 
 
-def encode_text(tokenizer, row: dict, max_length: int, index: int = 0, where: str = "data") -> Optional[Example]:
+def encode_text(
+    tokenizer, row: dict, max_length: int, index: int = 0, where: str = "data"
+) -> Optional[Example]:
     """Plain continuation: every token is labelled. None for texts too short to predict anything."""
     ids = tokenizer(_field(row, "text", index, where), add_special_tokens=True)["input_ids"][:max_length]
     if len(ids) < 2:

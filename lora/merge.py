@@ -19,8 +19,14 @@ from lora import modeling
 from lora.adapters import base_model_for
 
 
-def merge_adapter(adapter_dir: Path, out: Path, model: Optional[str] = None, tokenizer: Optional[str] = None,
-                  overwrite: bool = False, log=print) -> Path:
+def merge_adapter(
+    adapter_dir: Path,
+    out: Path,
+    model: Optional[str] = None,
+    tokenizer: Optional[str] = None,
+    overwrite: bool = False,
+    log=print,
+) -> Path:
     from peft import PeftModel
 
     out = Path(out)
@@ -47,11 +53,25 @@ def merge_adapter(adapter_dir: Path, out: Path, model: Optional[str] = None, tok
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lora.merge", description="Merge a LoRA adapter into its base model.")
-    parser.add_argument("--adapter", required=True, type=Path, help="adapter folder written by lora.finetune (or any peft LoRA adapter)")
-    parser.add_argument("--model", help="base model (hub id, directory, .gguf, smollm2); default: the one in the adapter's run.json")
-    parser.add_argument("--tokenizer", help="tokenizer, if the base model has none ('gpt2-bundled' = the repo's GPT-2 files)")
-    parser.add_argument("--out", required=True, type=Path, help="output folder for the merged model and tokenizer")
+    parser = argparse.ArgumentParser(
+        prog="python -m lora.merge", description="Merge a LoRA adapter into its base model."
+    )
+    parser.add_argument(
+        "--adapter",
+        required=True,
+        type=Path,
+        help="adapter folder written by lora.finetune (or any peft LoRA adapter)",
+    )
+    parser.add_argument(
+        "--model",
+        help="base model (hub id, directory, .gguf, smollm2); default: the one in the adapter's run.json",
+    )
+    parser.add_argument(
+        "--tokenizer", help="tokenizer, if the base model has none ('gpt2-bundled' = the repo's GPT-2 files)"
+    )
+    parser.add_argument(
+        "--out", required=True, type=Path, help="output folder for the merged model and tokenizer"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     args = parser.parse_args(argv)
     merge_adapter(args.adapter, args.out, args.model, args.tokenizer, args.overwrite)

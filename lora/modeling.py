@@ -27,7 +27,10 @@ _LLAMA_GROUPS = {
 }
 MODULE_GROUPS: Dict[str, Dict[str, List[str]]] = {
     "gpt2": {"attention": ["attn.c_attn", "attn.c_proj"], "mlp": ["mlp.c_fc", "mlp.c_proj"]},
-    "gpt_neox": {"attention": ["query_key_value", "attention.dense"], "mlp": ["dense_h_to_4h", "dense_4h_to_h"]},
+    "gpt_neox": {
+        "attention": ["query_key_value", "attention.dense"],
+        "mlp": ["dense_h_to_4h", "dense_4h_to_h"],
+    },
     "llama": _LLAMA_GROUPS,
     "mistral": _LLAMA_GROUPS,
     "qwen2": _LLAMA_GROUPS,
@@ -64,9 +67,13 @@ def resolve_model_source(model: str) -> ModelSource:
             raise FileNotFoundError(f"--model {model!r}: GGUF file not found")
         return ModelSource(str(path.resolve().parent), path.name)
     if path.exists() and not path.is_dir():
-        raise ValueError(f"--model {model!r}: a file that is not .gguf; pass a model directory, a .gguf or a hub id")
+        raise ValueError(
+            f"--model {model!r}: a file that is not .gguf; pass a model directory, a .gguf or a hub id"
+        )
     if path.is_dir() and not (path / "config.json").is_file():
-        raise FileNotFoundError(f"--model {model!r}: directory has no config.json (not an HF model directory)")
+        raise FileNotFoundError(
+            f"--model {model!r}: directory has no config.json (not an HF model directory)"
+        )
     return ModelSource(str(path.resolve()) if path.is_dir() else model)
 
 
@@ -81,7 +88,9 @@ def bundled_gpt2_tokenizer(folder: Path):
     encoder, merges = GPT2_TOKENIZER_DIR / "encoder.json", GPT2_TOKENIZER_DIR / "vocab.bpe"
     for path in (encoder, merges):
         if not path.is_file():
-            raise FileNotFoundError(f"GPT-2 tokenizer file {path} not found (looked in the repository checkout)")
+            raise FileNotFoundError(
+                f"GPT-2 tokenizer file {path} not found (looked in the repository checkout)"
+            )
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_bytes(encoder.read_bytes())
     (folder / "merges.txt").write_bytes(merges.read_bytes())
@@ -253,7 +262,9 @@ def lora_config(model, target_modules: Sequence[str], r: int, alpha: float, drop
     modules = dict(model.named_modules())
     conv1d = [isinstance(modules[name], Conv1D) for name in selected]
     if any(conv1d) and not all(conv1d):
-        raise ValueError("the targets mix Conv1D and Linear layers, which need different fan_in_fan_out settings")
+        raise ValueError(
+            "the targets mix Conv1D and Linear layers, which need different fan_in_fan_out settings"
+        )
     config = LoraConfig(
         task_type=TaskType.CAUSAL_LM,
         r=r,

@@ -41,7 +41,9 @@ def resolve_precision(precision: str, device: torch.device, log=print) -> str:
         return precision
     if _autocast_works(device, _DTYPES[precision]):
         if device.type == "cpu" and precision == "fp16":
-            log("notice: fp16 autocast on CPU is emulated and usually slower than fp32; bf16 is the CPU choice")
+            log(
+                "notice: fp16 autocast on CPU is emulated and usually slower than fp32; bf16 is the CPU choice"
+            )
         return precision
     fallback = "bf16" if precision == "fp16" and _autocast_works(device, torch.bfloat16) else "fp32"
     log(f"notice: {precision} autocast is not supported on {device.type} here; using {fallback} instead")

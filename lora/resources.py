@@ -71,4 +71,6 @@ def smollm2_gguf_path() -> Path:
         found = sorted(Path(folder).glob("*.gguf"))
         if found:
             return found[0]
-    raise FileNotFoundError(f"package {SMOLLM2_PACKAGE} has no .gguf file in {list(spec.submodule_search_locations)}")
+    raise FileNotFoundError(
+        f"package {SMOLLM2_PACKAGE} has no .gguf file in {list(spec.submodule_search_locations)}"
+    )

@@ -44,12 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Every lora.finetune training flag applies to all runs of the grid.",
     )
-    parser.add_argument("--config", type=Path, help="YAML file with r / alpha / target_modules lists and finetune settings")
+    parser.add_argument(
+        "--config", type=Path, help="YAML file with r / alpha / target_modules lists and finetune settings"
+    )
     finetune.add_training_flags(parser)
     parser.add_argument("--r", type=int, nargs="+", help="ranks to try (default: 8)")
     parser.add_argument("--alpha", type=float, nargs="+", help="alphas to try (default: 16)")
-    parser.add_argument("--target-modules", nargs="+", help="target settings to try, one per value: a group "
-                        "(attention, mlp, all-linear) or comma-joined names (q_proj,v_proj). Default: attention")
+    parser.add_argument(
+        "--target-modules",
+        nargs="+",
+        help="target settings to try, one per value: a group "
+        "(attention, mlp, all-linear) or comma-joined names (q_proj,v_proj). Default: attention",
+    )
     parser.add_argument("--out", required=True, type=Path, help="sweep folder (runs/, results.md/.csv, PNGs)")
     # --model is required by the shared flags; a YAML file may supply it instead.
     for action in parser._actions:
@@ -100,7 +106,9 @@ def grid_from_args(args: argparse.Namespace) -> Tuple[Dict[str, object], Dict[st
         grid[key] = _as_list(values)
     grid["r"] = [int(value) for value in grid["r"]]
     grid["alpha"] = [float(value) for value in grid["alpha"]]
-    grid["target_modules"] = [",".join(v) if isinstance(v, (list, tuple)) else str(v) for v in grid["target_modules"]]
+    grid["target_modules"] = [
+        ",".join(v) if isinstance(v, (list, tuple)) else str(v) for v in grid["target_modules"]
+    ]
     for key, values in grid.items():
         if len(set(values)) != len(values):
             raise ValueError(f"--{key.replace('_', '-')} lists a value twice: {values}")
@@ -119,7 +127,11 @@ def _comparable(settings: Dict[str, object]) -> Dict[str, object]:
 def finished_summary(run_dir: Path, settings: Dict[str, object]) -> Optional[Dict[str, object]]:
     """The run's summary if it completed with these settings; None if it must (re)run."""
     summary = read_run_summary(run_dir) if run_dir.is_dir() else None
-    if not summary or summary.get("status") != "complete" or not (run_dir / "adapter_model.safetensors").is_file():
+    if (
+        not summary
+        or summary.get("status") != "complete"
+        or not (run_dir / "adapter_model.safetensors").is_file()
+    ):
         return None
     recorded = _comparable(summary.get("settings", {}))
     wanted = json.loads(json.dumps(_comparable(settings)))  # normalise tuples etc. as run.json stores them
@@ -140,15 +152,24 @@ def run_sweep(args: argparse.Namespace, log=print, progress: bool = True) -> Lis
     rows: List[Dict[str, object]] = []
     for index, (r, alpha, targets) in enumerate(combos, 1):
         name = run_name(r, alpha, targets)
-        settings = dict(base_settings, r=r, alpha=alpha, target_modules=[targets], out=str(out / "runs" / name),
-                        logdir=None, overwrite=True)
+        settings = dict(
+            base_settings,
+            r=r,
+            alpha=alpha,
+            target_modules=[targets],
+            out=str(out / "runs" / name),
+            logdir=None,
+            overwrite=True,
+        )
         summary = finished_summary(out / "runs" / name, settings)
         if summary is not None:
             log(f"[{index}/{len(combos)}] {name}: finished earlier, skipped")
         else:
             if model is None:
                 log(f"loading {base_settings['model']} ...")
-                model, tokenizer = modeling.load_model_and_tokenizer(str(base_settings["model"]), base_settings["tokenizer"])
+                model, tokenizer = modeling.load_model_and_tokenizer(
+                    str(base_settings["model"]), base_settings["tokenizer"]
+                )
                 # Check every target setting before spending time on the first run.
                 for value in grid["target_modules"]:
                     modeling.resolve_target_modules(model, [value])
@@ -177,16 +198,39 @@ def _probe(summary: Dict[str, object], name: str) -> str:
 
 
 def write_results(out: Path, rows: Sequence[Dict[str, object]], grid: Dict[str, list]) -> None:
-    header = ["run", "r", "alpha", "target_modules", "trainable_params", "final_train_loss",
-              "heldout_loss_before", "heldout_loss_after", "train_seconds", "steps",
-              "probe_plain", "probe_instruction"]
+    header = [
+        "run",
+        "r",
+        "alpha",
+        "target_modules",
+        "trainable_params",
+        "final_train_loss",
+        "heldout_loss_before",
+        "heldout_loss_after",
+        "train_seconds",
+        "steps",
+        "probe_plain",
+        "probe_instruction",
+    ]
     table = []
     for row in rows:
         summary = row["summary"]
-        table.append([row["name"], row["r"], f"{row['alpha']:g}", row["target_modules"], summary["trainable_params"],
-                      f"{summary['final_train_loss']:.4f}", f"{summary['heldout_loss_before']:.4f}",
-                      f"{summary['heldout_loss_after']:.4f}", f"{summary['train_seconds']:.1f}", summary["steps"],
-                      _probe(summary, "plain"), _probe(summary, "instruction")])
+        table.append(
+            [
+                row["name"],
+                row["r"],
+                f"{row['alpha']:g}",
+                row["target_modules"],
+                summary["trainable_params"],
+                f"{summary['final_train_loss']:.4f}",
+                f"{summary['heldout_loss_before']:.4f}",
+                f"{summary['heldout_loss_after']:.4f}",
+                f"{summary['train_seconds']:.1f}",
+                summary["steps"],
+                _probe(summary, "plain"),
+                _probe(summary, "instruction"),
+            ]
+        )
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
@@ -201,8 +245,11 @@ def write_results(out: Path, rows: Sequence[Dict[str, object]], grid: Dict[str, 
     lines = [f"# LoRA sweep: {len(rows)} runs", ""]
     if rows:
         first = rows[0]["summary"]
-        lines += [f"Model `{first['settings']['model']}`, data {first['data_source']}; swept: "
-                  + ", ".join(f"{key} = {values}" for key, values in grid.items()), ""]
+        lines += [
+            f"Model `{first['settings']['model']}`, data {first['data_source']}; swept: "
+            + ", ".join(f"{key} = {values}" for key, values in grid.items()),
+            "",
+        ]
     lines.append("| " + " | ".join(md_header) + " |")
     lines.append("|" + "---|" * len(md_header))
     for values in table:
@@ -227,15 +274,20 @@ def plot_loss_curves(out: Path, rows: Sequence[Dict[str, object]], grid: Dict[st
         panels = sorted({tuple(row[key] for key in others) for row in rows}, key=str)
         columns = min(3, len(panels))
         rows_of_panels = (len(panels) + columns - 1) // columns
-        figure, axes = plt.subplots(rows_of_panels, columns, figsize=(5.5 * columns, 3.8 * rows_of_panels),
-                                    squeeze=False)
+        figure, axes = plt.subplots(
+            rows_of_panels, columns, figsize=(5.5 * columns, 3.8 * rows_of_panels), squeeze=False
+        )
         for panel_index, panel in enumerate(panels):
             axis = axes[panel_index // columns][panel_index % columns]
             for row in rows:
                 if tuple(row[key] for key in others) != panel:
                     continue
                 history = row["summary"].get("history", [])
-                axis.plot([h["step"] for h in history], [h["loss"] for h in history], label=f"{dimension}={row[dimension]}")
+                axis.plot(
+                    [h["step"] for h in history],
+                    [h["loss"] for h in history],
+                    label=f"{dimension}={row[dimension]}",
+                )
             axis.set_title(", ".join(f"{key}={value}" for key, value in zip(others, panel)), fontsize=9)
             axis.set_xlabel("optimizer step")
             axis.set_ylabel("train loss")

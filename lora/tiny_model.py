@@ -20,7 +20,9 @@ from lora.modeling import bundled_gpt2_tokenizer
 GPT2_VOCAB_SIZE = 50257
 
 
-def tiny_model(arch: str, seed: int = 0, n_layer: int = 2, n_embd: int = 32, n_head: int = 2, context: int = 256):
+def tiny_model(
+    arch: str, seed: int = 0, n_layer: int = 2, n_embd: int = 32, n_head: int = 2, context: int = 256
+):
     """A tiny model of the given architecture ('gpt2' or 'llama') over GPT-2's vocabulary."""
     torch.manual_seed(seed)
     if arch == "gpt2":
@@ -70,14 +72,18 @@ def write_tiny_model(out: Path, arch: str = "gpt2", seed: int = 0, **sizes) -> P
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lora.tiny_model", description=__doc__.split("\n")[0])
-    parser.add_argument("--arch", choices=["gpt2", "llama"], default="gpt2", help="architecture (default gpt2)")
+    parser.add_argument(
+        "--arch", choices=["gpt2", "llama"], default="gpt2", help="architecture (default gpt2)"
+    )
     parser.add_argument("--out", required=True, type=Path, help="new directory to write the model into")
     parser.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
     parser.add_argument("--layers", type=int, default=2, help="transformer blocks (default 2)")
     parser.add_argument("--width", type=int, default=32, help="hidden size (default 32)")
     parser.add_argument("--heads", type=int, default=2, help="attention heads (default 2)")
     args = parser.parse_args(argv)
-    path = write_tiny_model(args.out, args.arch, args.seed, n_layer=args.layers, n_embd=args.width, n_head=args.heads)
+    path = write_tiny_model(
+        args.out, args.arch, args.seed, n_layer=args.layers, n_embd=args.width, n_head=args.heads
+    )
     print(f"wrote {args.arch} tiny model to {path}")
 
 
