@@ -344,6 +344,32 @@ def test_finished_folder_is_kept_and_other_settings_are_refused(gpt2, corpus_fil
     assert sorted(p.name for p in tmp_path.glob("*.bin")) == sorted(s["file"] for s in again["shards"])
 
 
+def test_restart_refuses_changed_input_or_a_damaged_shard(gpt2, corpus_files, tmp_path):
+    path = tmp_path / "in.txt"
+    path.write_text(corpus_files[0].read_text(encoding="utf-8"), encoding="utf-8")
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_prepare(
+            FileSource([path], doc_sep="\n\n"), _CrashAfter(gpt2, 3), out, shard_size=2_000, batch_bytes=3_000
+        )
+    progress = json.loads((out / PROGRESS_NAME).read_text())
+    assert len(progress["shards"]) >= 2
+    # a damaged completed shard: no silent resume on top of it
+    first = out / progress["shards"][0]["file"]
+    saved = first.read_bytes()
+    first.write_bytes(saved[:-2])
+    with pytest.raises(RuntimeError, match="cannot resume.*--overwrite"):
+        run_prepare(FileSource([path], doc_sep="\n\n"), gpt2, out, shard_size=2_000)
+    first.write_bytes(saved)
+    # the input changed since the interrupted run (size and mtime are part of the job)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("\n\nmore text")
+    with pytest.raises(RuntimeError, match="other settings or inputs"):
+        run_prepare(FileSource([path], doc_sep="\n\n"), gpt2, out, shard_size=2_000)
+    manifest = run_prepare(FileSource([path], doc_sep="\n\n"), gpt2, out, shard_size=2_000, overwrite=True)
+    assert decoded_docs(gpt2, stream(out, manifest), 50256)[-1] == "more text"
+
+
 # ------------------------------------------------------------------------------------------------
 # validation split
 # ------------------------------------------------------------------------------------------------
