@@ -1,5 +1,21 @@
 //! bpe_fast: exact byte-level BPE (training, encoding, decoding) as a pure-Rust core.
 //! The Python binding lives in one file, `python.rs`, compiled with the `python` feature.
 
+pub mod count;
+pub mod encode;
+pub mod error;
+pub mod pretokenize;
+pub mod recover;
+pub mod threads;
+pub mod tokenizer;
+pub mod train;
+
+pub use count::ChunkCounter;
+pub use error::{Error, Result};
+pub use pretokenize::Pattern;
+pub use recover::recover_merges;
+pub use tokenizer::Tokenizer;
+pub use train::{train_merges, TrainOptions};
+
 #[cfg(feature = "python")]
 mod python;

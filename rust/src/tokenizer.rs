@@ -1,0 +1,526 @@
+//! A validated tokenizer: tokens, merges, special tokens and the pre-tokenization pattern, with
+//! encoding (ordinary, with special tokens, batched in parallel) and decoding.
+
+use std::sync::Arc;
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use rayon::prelude::*;
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::encode::Merger;
+use crate::error::{Error, Result};
+use crate::pretokenize::Pattern;
+use crate::threads::with_threads;
+
+/// Ids above this are refused: the decode table is indexed by id.
+pub const MAX_ID: u32 = (1 << 26) - 1;
+/// Chunks at most this long are remembered by the per-call cache.
+const CACHED_CHUNK_MAX: usize = 256;
+/// The cache is emptied when it holds this many chunks, bounding its memory.
+const CACHE_CAPACITY: usize = 1 << 16;
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Remembers the encoding of chunks that are not single tokens (frequent words split in two...).
+#[derive(Default)]
+pub struct ChunkCache {
+    map: FxHashMap<Vec<u8>, Vec<u32>>,
+}
+
+/// Which special tokens an encode call turns into their ids; the rest of the text is ordinary.
+pub struct SpecialMatcher {
+    finder: AhoCorasick,
+    ids: Vec<u32>,
+}
+
+#[derive(Debug)]
+pub struct Tokenizer {
+    pattern: Pattern,
+    merger: Merger,
+    merges: Vec<(u32, u32)>,
+    /// Non-special tokens in id order.
+    tokens: Vec<(u32, Vec<u8>)>,
+    /// Tokens whose own bytes BPE-encode to themselves: a chunk equal to one is that token.
+    whole: FxHashMap<Vec<u8>, u32>,
+    specials: Vec<(String, u32)>,
+    /// id -> (start, len) in `decode_bytes`; len u32::MAX = no such id.
+    decode_spans: Vec<(u32, u32)>,
+    decode_bytes: Vec<u8>,
+    /// Matcher for all special tokens (the common "allowed_special='all'" case).
+    all_specials: Option<Arc<SpecialMatcher>>,
+}
+
+impl std::fmt::Debug for SpecialMatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpecialMatcher").field("ids", &self.ids).finish()
+    }
+}
+
+impl Tokenizer {
+    /// Validates everything and builds the lookup tables; errors name the bad entry.
+    pub fn new(
+        mut tokens: Vec<(u32, Vec<u8>)>,
+        merges: Vec<(u32, u32)>,
+        specials: Vec<(String, u32)>,
+        pattern: Pattern,
+    ) -> Result<Tokenizer> {
+        tokens.sort_by_key(|(id, _)| *id);
+        let mut id_of: FxHashMap<&[u8], u32> = FxHashMap::default();
+        let mut previous_id: Option<u32> = None;
+        let mut byte_ids = [u32::MAX; 256];
+        for (id, bytes) in &tokens {
+            let where_ = || format!("token id {id}");
+            if *id > MAX_ID {
+                return Err(Error::invalid_data(format!("id exceeds the maximum {MAX_ID}"), where_()));
+            }
+            if previous_id == Some(*id) {
+                return Err(Error::invalid_data("duplicate id", where_()));
+            }
+            previous_id = Some(*id);
+            if bytes.is_empty() {
+                return Err(Error::invalid_data("empty token bytes", where_()));
+            }
+            if let Some(other) = id_of.insert(bytes.as_slice(), *id) {
+                return Err(Error::invalid_data(
+                    format!("bytes {} duplicate those of token id {other}", hex(bytes)),
+                    where_(),
+                ));
+            }
+            if bytes.len() == 1 {
+                byte_ids[bytes[0] as usize] = *id;
+            }
+        }
+        if let Some(missing) = byte_ids.iter().position(|&id| id == u32::MAX) {
+            return Err(Error::invalid_data("no token for this single byte", format!("byte {missing:02x}")));
+        }
+
+        let bytes_of: FxHashMap<u32, &[u8]> = tokens.iter().map(|(id, b)| (*id, b.as_slice())).collect();
+        let mut merger = Merger::new(byte_ids);
+        let mut produced: FxHashMap<u32, usize> = FxHashMap::default();
+        for (rank, &(left, right)) in merges.iter().enumerate() {
+            let where_ = || format!("merge {rank} ({left}, {right})");
+            let (Some(l), Some(r)) = (bytes_of.get(&left), bytes_of.get(&right)) else {
+                let unknown = if bytes_of.contains_key(&left) { right } else { left };
+                return Err(Error::invalid_data(format!("unknown token id {unknown}"), where_()));
+            };
+            let joined = [*l, *r].concat();
+            let Some(&made) = id_of.get(joined.as_slice()) else {
+                return Err(Error::invalid_data(
+                    format!("the merged bytes {} are not a token", hex(&joined)),
+                    where_(),
+                ));
+            };
+            if let Some(earlier) = produced.insert(made, rank) {
+                return Err(Error::invalid_data(
+                    format!("token id {made} is already made by merge {earlier}"),
+                    where_(),
+                ));
+            }
+            if !merger.push(left, right, made) {
+                return Err(Error::invalid_data("duplicate merge", where_()));
+            }
+        }
+        for (id, bytes) in &tokens {
+            if bytes.len() > 1 && !produced.contains_key(id) {
+                return Err(Error::invalid_data(
+                    format!("token {} is made by no merge", hex(bytes)),
+                    format!("token id {id}"),
+                ));
+            }
+        }
+
+        let mut special_names: FxHashSet<&str> = FxHashSet::default();
+        let mut special_ids: FxHashSet<u32> = FxHashSet::default();
+        for (text, id) in &specials {
+            let where_ = || format!("special token {text:?}");
+            if text.is_empty() {
+                return Err(Error::invalid_data("empty special token", where_()));
+            }
+            if *id > MAX_ID {
+                return Err(Error::invalid_data(format!("id {id} exceeds the maximum {MAX_ID}"), where_()));
+            }
+            if !special_names.insert(text) {
+                return Err(Error::invalid_data("duplicate special token", where_()));
+            }
+            if bytes_of.contains_key(id) || !special_ids.insert(*id) {
+                return Err(Error::invalid_data(format!("id {id} is already used"), where_()));
+            }
+        }
+
+        // A chunk equal to a token's bytes may skip BPE only if BPE would give that token anyway.
+        let whole: FxHashMap<Vec<u8>, u32> = tokens
+            .par_iter()
+            .filter(|(_, bytes)| bytes.len() > 1)
+            .filter_map(|(id, bytes)| {
+                let mut parts = Vec::new();
+                merger.encode(bytes, &mut parts);
+                (parts == [*id]).then(|| (bytes.clone(), *id))
+            })
+            .collect();
+
+        let max_id = tokens.iter().map(|(id, _)| *id).chain(specials.iter().map(|(_, id)| *id)).max().unwrap_or(0);
+        let mut decode_spans = vec![(0u32, u32::MAX); max_id as usize + 1];
+        let mut decode_bytes = Vec::new();
+        let entries = tokens.iter().map(|(id, b)| (*id, b.as_slice())).chain(specials.iter().map(|(t, id)| (*id, t.as_bytes())));
+        for (id, bytes) in entries {
+            let start = u32::try_from(decode_bytes.len())
+                .map_err(|_| Error::invalid_data("token bytes exceed 4 GiB in total", format!("token id {id}")))?;
+            decode_spans[id as usize] = (start, bytes.len() as u32);
+            decode_bytes.extend_from_slice(bytes);
+        }
+
+        let mut tokenizer = Tokenizer {
+            pattern,
+            merger,
+            merges,
+            tokens,
+            whole,
+            specials,
+            decode_spans,
+            decode_bytes,
+            all_specials: None,
+        };
+        let all: Vec<String> = tokenizer.specials.iter().map(|(t, _)| t.clone()).collect();
+        tokenizer.all_specials = tokenizer.build_matcher(&all)?.map(Arc::new);
+        Ok(tokenizer)
+    }
+
+    pub fn pattern(&self) -> &Pattern {
+        &self.pattern
+    }
+
+    pub fn merges(&self) -> &[(u32, u32)] {
+        &self.merges
+    }
+
+    pub fn tokens(&self) -> &[(u32, Vec<u8>)] {
+        &self.tokens
+    }
+
+    pub fn specials(&self) -> &[(String, u32)] {
+        &self.specials
+    }
+
+    /// Max id + 1 over tokens and special tokens (like tiktoken's n_vocab).
+    pub fn vocab_size(&self) -> usize {
+        self.decode_spans.len()
+    }
+
+    pub fn token_bytes(&self, id: u32) -> Result<&[u8]> {
+        match self.decode_spans.get(id as usize) {
+            Some(&(start, len)) if len != u32::MAX => {
+                Ok(&self.decode_bytes[start as usize..start as usize + len as usize])
+            }
+            _ => Err(Error::UnknownId { id: u64::from(id), position: 0 }),
+        }
+    }
+
+    /// Appends the tokens of one chunk.
+    fn encode_chunk(&self, chunk: &[u8], out: &mut Vec<u32>, cache: &mut ChunkCache) {
+        if chunk.len() == 1 {
+            out.push(self.merger.byte_id(chunk[0]));
+            return;
+        }
+        if let Some(&id) = self.whole.get(chunk) {
+            out.push(id);
+            return;
+        }
+        if chunk.len() > CACHED_CHUNK_MAX {
+            self.merger.encode(chunk, out);
+            return;
+        }
+        if let Some(ids) = cache.map.get(chunk) {
+            out.extend_from_slice(ids);
+            return;
+        }
+        let start = out.len();
+        self.merger.encode(chunk, out);
+        if cache.map.len() >= CACHE_CAPACITY {
+            cache.map.clear();
+        }
+        cache.map.insert(chunk.to_vec(), out[start..].to_vec());
+    }
+
+    fn encode_ordinary_into(&self, text: &str, out: &mut Vec<u32>, cache: &mut ChunkCache) -> Result<()> {
+        self.pattern.for_each_chunk(text, &mut |chunk| self.encode_chunk(chunk.as_bytes(), out, cache))
+    }
+
+    pub fn encode_ordinary(&self, text: &str) -> Result<Vec<u32>> {
+        let mut out = Vec::with_capacity(text.len() / 3);
+        self.encode_ordinary_into(text, &mut out, &mut ChunkCache::default())?;
+        Ok(out)
+    }
+
+    /// A matcher for the allowed special tokens (leftmost-longest), or None when none is allowed.
+    pub fn special_matcher(&self, allowed: &[String]) -> Result<Option<Arc<SpecialMatcher>>> {
+        if allowed.is_empty() {
+            return Ok(None);
+        }
+        let all = self.all_specials.as_ref();
+        if allowed.len() == self.specials.len() && all.is_some() {
+            let known: FxHashSet<&str> = self.specials.iter().map(|(t, _)| t.as_str()).collect();
+            let wanted: FxHashSet<&str> = allowed.iter().map(String::as_str).collect();
+            if known == wanted {
+                return Ok(all.cloned());
+            }
+        }
+        Ok(self.build_matcher(allowed)?.map(Arc::new))
+    }
+
+    fn build_matcher(&self, allowed: &[String]) -> Result<Option<SpecialMatcher>> {
+        if allowed.is_empty() {
+            return Ok(None);
+        }
+        let mut ids = Vec::with_capacity(allowed.len());
+        for text in allowed {
+            let id = self
+                .specials
+                .iter()
+                .find(|(t, _)| t == text)
+                .map(|(_, id)| *id)
+                .ok_or_else(|| Error::InvalidArgument(format!("{text:?} is not a special token")))?;
+            ids.push(id);
+        }
+        let finder = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(allowed)
+            .map_err(|e| Error::InvalidArgument(format!("special tokens: {e}")))?;
+        Ok(Some(SpecialMatcher { finder, ids }))
+    }
+
+    fn encode_into(
+        &self,
+        text: &str,
+        specials: Option<&SpecialMatcher>,
+        out: &mut Vec<u32>,
+        cache: &mut ChunkCache,
+    ) -> Result<()> {
+        let Some(matcher) = specials else {
+            return self.encode_ordinary_into(text, out, cache);
+        };
+        let mut start = 0;
+        for found in matcher.finder.find_iter(text) {
+            self.encode_ordinary_into(&text[start..found.start()], out, cache)?;
+            out.push(matcher.ids[found.pattern().as_usize()]);
+            start = found.end();
+        }
+        self.encode_ordinary_into(&text[start..], out, cache)
+    }
+
+    pub fn encode(&self, text: &str, specials: Option<&SpecialMatcher>) -> Result<Vec<u32>> {
+        let mut out = Vec::with_capacity(text.len() / 3);
+        self.encode_into(text, specials, &mut out, &mut ChunkCache::default())?;
+        Ok(out)
+    }
+
+    /// Each text encoded on its own, in parallel; results in input order.
+    pub fn encode_batch<S: AsRef<str> + Sync>(
+        &self,
+        texts: &[S],
+        specials: Option<&SpecialMatcher>,
+        num_threads: usize,
+    ) -> Result<Vec<Vec<u32>>> {
+        with_threads(num_threads, || {
+            texts
+                .par_iter()
+                .map_init(ChunkCache::default, |cache, text| {
+                    let mut out = Vec::with_capacity(text.as_ref().len() / 3);
+                    self.encode_into(text.as_ref(), specials, &mut out, cache)?;
+                    Ok(out)
+                })
+                .collect::<Result<Vec<_>>>()
+        })?
+    }
+
+    /// All texts' ids concatenated (each optionally preceded by `prefix`) and the end offset of
+    /// each text in that stream.
+    pub fn encode_batch_flat<S: AsRef<str> + Sync>(
+        &self,
+        texts: &[S],
+        specials: Option<&SpecialMatcher>,
+        num_threads: usize,
+        prefix: Option<u32>,
+    ) -> Result<(Vec<u32>, Vec<u64>)> {
+        if let Some(id) = prefix {
+            self.token_bytes(id)?;
+        }
+        let per_text = self.encode_batch(texts, specials, num_threads)?;
+        let total: usize = per_text.iter().map(|ids| ids.len() + usize::from(prefix.is_some())).sum();
+        let mut ids = Vec::with_capacity(total);
+        let mut ends = Vec::with_capacity(per_text.len());
+        for text_ids in per_text {
+            ids.extend(prefix);
+            ids.extend_from_slice(&text_ids);
+            ends.push(ids.len() as u64);
+        }
+        Ok((ids, ends))
+    }
+
+    /// The exact bytes of `ids`; the first unknown id is an error naming it and its position.
+    pub fn decode_bytes(&self, ids: impl IntoIterator<Item = u64>) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        for (position, id) in ids.into_iter().enumerate() {
+            let span = usize::try_from(id).ok().and_then(|i| self.decode_spans.get(i));
+            match span {
+                Some(&(start, len)) if len != u32::MAX => {
+                    out.extend_from_slice(&self.decode_bytes[start as usize..start as usize + len as usize])
+                }
+                _ => return Err(Error::UnknownId { id, position }),
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::count::ChunkCounter;
+    use crate::train::{train_merges, TrainOptions};
+    use proptest::prelude::*;
+
+    fn trained(text: &str, pattern: Pattern, merges: usize) -> Tokenizer {
+        let mut counter = ChunkCounter::new(pattern.clone(), 1);
+        counter.add_texts(&[text]).unwrap();
+        let options = TrainOptions { num_merges: merges, min_frequency: 1, max_token_length: None };
+        let counts = counter.counts().iter().map(|(b, n)| (b.as_slice(), *n));
+        let merges = train_merges(counts, &options, &mut |_| Ok(())).unwrap();
+        let mut tokens: Vec<(u32, Vec<u8>)> = (0..=255u8).map(|b| (u32::from(b), vec![b])).collect();
+        for (k, &(l, r)) in merges.iter().enumerate() {
+            let joined = [tokens[l as usize].1.clone(), tokens[r as usize].1.clone()].concat();
+            tokens.push((256 + k as u32, joined));
+        }
+        let special_id = tokens.len() as u32;
+        Tokenizer::new(tokens, merges, vec![("<|endoftext|>".into(), special_id)], pattern).unwrap()
+    }
+
+    fn naive_encode(tok: &Tokenizer, text: &str) -> Vec<u32> {
+        let mut out = Vec::new();
+        for chunk in tok.pattern.split(text).unwrap() {
+            out.extend(crate::encode::naive::encode(&tok.merger, chunk.as_bytes()));
+        }
+        out
+    }
+
+    const SAMPLE: &str = "the cat sat on the mat; the dog ate the hat. aaaa aaaaaaa 三国演义 三国 ";
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn encode_matches_naive_and_roundtrips(text in "[a-z .;三国演义\n]{0,80}", raw in any::<bool>()) {
+            let pattern = if raw { Pattern::Raw } else { Pattern::Gpt2 };
+            let tok = trained(&SAMPLE.repeat(3), pattern, 60);
+            let ids = tok.encode_ordinary(&text).unwrap();
+            prop_assert_eq!(&ids, &naive_encode(&tok, &text));
+            let decoded = tok.decode_bytes(ids.iter().map(|&i| u64::from(i))).unwrap();
+            prop_assert_eq!(decoded, text.as_bytes());
+        }
+    }
+
+    #[test]
+    fn special_tokens_split_only_when_allowed() {
+        let tok = trained(SAMPLE, Pattern::Gpt2, 20);
+        let eot = tok.specials()[0].1;
+        let text = "the cat<|endoftext|>the";
+        let matcher = tok.special_matcher(&["<|endoftext|>".to_string()]).unwrap();
+        let with = tok.encode(text, matcher.as_deref()).unwrap();
+        assert!(with.contains(&eot));
+        assert!(!tok.encode_ordinary(text).unwrap().contains(&eot));
+        assert!(tok.special_matcher(&["<|nope|>".to_string()]).is_err());
+    }
+
+    #[test]
+    fn batch_flat_puts_prefix_and_offsets() {
+        let tok = trained(SAMPLE, Pattern::Gpt2, 20);
+        let eot = tok.specials()[0].1;
+        let texts = ["the cat", "", "mat"];
+        let (ids, ends) = tok.encode_batch_flat(&texts, None, 2, Some(eot)).unwrap();
+        let separate: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode_ordinary(t).unwrap()).collect();
+        assert_eq!(ends.len(), 3);
+        assert_eq!(ends[2] as usize, ids.len());
+        assert_eq!(ids[0], eot);
+        assert_eq!(&ids[1..ends[0] as usize], separate[0].as_slice());
+    }
+
+    #[test]
+    fn unknown_id_names_id_and_position() {
+        let tok = trained(SAMPLE, Pattern::Gpt2, 5);
+        match tok.decode_bytes([97, 98, 999_999]) {
+            Err(Error::UnknownId { id, position }) => assert_eq!((id, position), (999_999, 2)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn bytes_vocab() -> Vec<(u32, Vec<u8>)> {
+        (0..=255u8).map(|b| (u32::from(b), vec![b])).collect()
+    }
+
+    #[test]
+    fn validation_names_bad_entries() {
+        let err = |tokens, merges, specials| Tokenizer::new(tokens, merges, specials, Pattern::Gpt2).unwrap_err().to_string();
+        let mut missing = bytes_vocab();
+        missing.remove(7);
+        assert!(err(missing, vec![], vec![]).contains("byte 07"));
+        let mut dup = bytes_vocab();
+        dup.push((256, vec![0]));
+        assert!(err(dup, vec![], vec![]).contains("token id 256"));
+        let mut no_merge = bytes_vocab();
+        no_merge.push((256, b"ab".to_vec()));
+        assert!(err(no_merge.clone(), vec![], vec![]).contains("made by no merge"));
+        assert!(err(no_merge.clone(), vec![(97, 99)], vec![]).contains("not a token"));
+        assert!(err(no_merge.clone(), vec![(97, 300)], vec![]).contains("unknown token id 300"));
+        assert!(err(no_merge.clone(), vec![(97, 98)], vec![("<s>".into(), 256)]).contains("already used"));
+        assert!(err(no_merge, vec![(97, 98), (97, 98)], vec![]).contains("merge 1"));
+    }
+
+    #[test]
+    fn gpt2_files_encode_known_text() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/bpe_fast/gpt2");
+        let encoder: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("encoder.json")).unwrap()).unwrap();
+        // GPT-2 stores bytes as printable unicode characters; invert that mapping.
+        let mut printable: Vec<u32> = (b'!'..=b'~').chain(0xA1..=0xAC).chain(0xAE..=0xFF).map(u32::from).collect();
+        let mut to_byte: FxHashMap<char, u8> = FxHashMap::default();
+        let mut extra = 0;
+        for b in 0..=255u32 {
+            let c = if printable.contains(&b) {
+                b
+            } else {
+                extra += 1;
+                255 + extra
+            };
+            to_byte.insert(char::from_u32(c).unwrap(), b as u8);
+        }
+        printable.clear();
+        let decode = |s: &str| s.chars().map(|c| to_byte[&c]).collect::<Vec<u8>>();
+        let mut id_of: FxHashMap<Vec<u8>, u32> = FxHashMap::default();
+        let mut tokens = Vec::new();
+        for (text, id) in &encoder {
+            let id = id.as_u64().unwrap() as u32;
+            if text == "<|endoftext|>" {
+                continue;
+            }
+            id_of.insert(decode(text), id);
+            tokens.push((id, decode(text)));
+        }
+        let merges_text = std::fs::read_to_string(dir.join("vocab.bpe")).unwrap();
+        let merges: Vec<(u32, u32)> = merges_text
+            .lines()
+            .skip(1)
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (a, b) = l.split_once(' ').unwrap();
+                (id_of[&decode(a)], id_of[&decode(b)])
+            })
+            .collect();
+        let tok = Tokenizer::new(tokens, merges, vec![("<|endoftext|>".into(), 50256)], Pattern::Gpt2).unwrap();
+        // Known GPT-2 ids (tiktoken's gpt2 encoding).
+        assert_eq!(tok.encode_ordinary("Hello world").unwrap(), vec![15496, 995]);
+        let matcher = tok.special_matcher(&["<|endoftext|>".to_string()]).unwrap();
+        assert_eq!(tok.encode("<|endoftext|>", matcher.as_deref()).unwrap(), vec![50256]);
+        assert_eq!(crate::recover::recover_merges(tok.tokens()).unwrap(), tok.merges());
+    }
+}
