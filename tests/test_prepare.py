@@ -350,7 +350,11 @@ def test_restart_refuses_changed_input_or_a_damaged_shard(gpt2, corpus_files, tm
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         run_prepare(
-            FileSource([path], doc_sep="\n\n"), _CrashAfter(gpt2, 3), out, shard_size=2_000, batch_bytes=3_000
+            FileSource([path], doc_sep="\n\n"),
+            _CrashAfter(gpt2, 12),
+            out,
+            shard_size=2_000,
+            batch_bytes=3_000,
         )
     progress = json.loads((out / PROGRESS_NAME).read_text())
     assert len(progress["shards"]) >= 2
