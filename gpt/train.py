@@ -287,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.set_float32_matmul_precision("high")
+    previous_threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if ddp:
@@ -295,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _train(cfg, ddp, rank, world, master, device)
     finally:
+        torch.set_num_threads(previous_threads)  # main() may run in-process (tests): leave no trace
         if ddp and dist.is_initialized():
             dist.destroy_process_group()
 

@@ -23,7 +23,7 @@ TINY = [
     "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--vocab-size", str(VOCAB),
     "--seq-len", "16", "--batch-size", "4", "--total-batch-size", "128",
     "--max-lr", "1e-2", "--warmup-steps", "2", "--sample-every", "0", "--no-tensorboard",
-    "--device", "cpu", "--val-steps", "2", "--checkpoint-every", "0",
+    "--device", "cpu", "--threads", "1", "--val-steps", "2", "--checkpoint-every", "0",
 ]  # fmt: skip
 
 

@@ -1,0 +1,135 @@
+"""DDP on CPU (gloo, 2 processes under torchrun): the same parameters as 1 process on the same global
+batch, and a non-finite loss on one rank stops every rank cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import gpt.train as train
+from gpt.shards import write_shard
+
+REPO = Path(__file__).resolve().parents[1]
+VOCAB = 64
+# Adam's first steps are close to sign(gradient): a gradient that is ~0 up to fp32 rounding could flip
+# between the two reduction orders and move a weight by a whole lr. A larger eps keeps the update smooth
+# in the gradient, so the comparison checks what DDP is responsible for: the averaged gradients.
+TINY = [
+    "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--vocab-size", str(VOCAB), "--seq-len", "16",
+    "--total-batch-size", "128", "--max-lr", "1e-2", "--warmup-steps", "2", "--eps", "1e-3",
+    "--sample-every", "0", "--no-tensorboard", "--device", "cpu", "--threads", "1",
+    "--val-every", "2", "--val-steps", "2", "--checkpoint-every", "0", "--max-steps", "4",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("shards")
+    rng = np.random.default_rng(0)
+    for name in ("val_000000.bin", "train_000001.bin", "train_000002.bin"):
+        write_shard(folder / name, rng.integers(0, VOCAB, 900), vocab_size=VOCAB)
+    return folder
+
+
+def torchrun(script: str, args: list[str], timeout: float = 400) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def log_of(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_two_gloo_ranks_match_one_process(tmp_path, data):
+    # Global batch 128 tokens = 2 ranks x B=2 x T=16 x 2 micro-steps = 1 process x B=2 x T=16 x 4.
+    ddp_out, single_out = tmp_path / "ddp", tmp_path / "single"
+    # Launched by path, as documented: gpt/train.py must find the repo root itself.
+    result = torchrun(
+        "gpt/train.py", [*TINY, "--batch-size", "2", "--data", str(data), "--out", str(ddp_out)]
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "world 2" in result.stdout and "grad_accum=2" in result.stdout
+    # Validation: 2 ranks x 2 steps read the same 4 consecutive val batches as 1 process x 4 steps.
+    single_args = [
+        *TINY,
+        "--batch-size",
+        "2",
+        "--val-steps",
+        "4",
+        "--data",
+        str(data),
+        "--out",
+        str(single_out),
+    ]
+    assert train.main(single_args) == 0
+    ddp_log, single_log = log_of(ddp_out), log_of(single_out)
+    assert [r["step"] for r in ddp_log] == [r["step"] for r in single_log] == [0, 1, 2, 3]
+    for a, b in zip(ddp_log, single_log):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6, rel=0)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], abs=1e-6, rel=1e-6)
+        if "val_loss" in b:
+            assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-6, rel=0)
+    ddp_weights = load_file(ddp_out / "ckpt_0000004" / "model.safetensors")
+    single_weights = load_file(single_out / "ckpt_0000004" / "model.safetensors")
+    assert set(ddp_weights) == set(single_weights)
+    for name, tensor in single_weights.items():
+        assert (tensor - ddp_weights[name]).abs().max().item() <= 1e-6, name
+    ddp_meta = json.loads((ddp_out / "ckpt_0000004" / "meta.json").read_text())
+    single_meta = json.loads((single_out / "ckpt_0000004" / "meta.json").read_text())
+    assert ddp_meta["loader"] == single_meta["loader"] and ddp_meta["world_size"] == 2
+    assert len(ddp_meta["rng"]) == 2
+
+
+def test_non_finite_loss_on_one_rank_stops_all_ranks(tmp_path, data):
+    # Rank 1 alone sees a NaN loss from its 3rd micro-step (step 1); rank 0's own loss stays finite.
+    script = tmp_path / "nan_on_rank1.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, sys
+            import gpt.train as train
+
+            real_forward = train.GPT.forward
+            calls = [0]
+
+            def forward(self, idx, targets=None):
+                logits, loss = real_forward(self, idx, targets)
+                if targets is not None and self.training and os.environ["RANK"] == "1":
+                    calls[0] += 1
+                    if calls[0] >= 3:
+                        loss = loss * float("nan")
+                return logits, loss
+
+            train.GPT.forward = forward
+            sys.exit(train.main(sys.argv[1:]))
+            """
+        )
+    )
+    out = tmp_path / "out"
+    result = torchrun(
+        str(script), [*TINY, "--batch-size", "2", "--data", str(data), "--out", str(out)], timeout=300
+    )
+    assert result.returncode != 0
+    assert "step 1: non-finite loss" in result.stdout, result.stdout + result.stderr
+    log = log_of(out)
+    assert log[-1]["step"] == 1 and log[-1]["error"] == "non-finite"
+    assert not list(out.glob("ckpt_*"))
+    assert torch.isnan(torch.tensor(log[-1]["loss"]))
