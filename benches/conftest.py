@@ -9,6 +9,7 @@ suites finish in minutes on 2 cores; scale them with the environment:
     BPE_FAST_BENCH_VOCABS    training vocab sizes, comma separated (default 8192,32768)
     BPE_FAST_BENCH_SCALING   sizes in MB for the scaling suite (default 1,2,4)
     BPE_FAST_BENCH_THREADS   threads for batch calls and multi-threaded training (default 2)
+    BPE_FAST_BENCH_PATHOLOGICAL_MB  size of each pathological input (default 1)
 
 benches/report.py is the side-by-side report with ratios and targets; these suites are for tracking one
 operation over time (pytest-benchmark's --benchmark-save / --benchmark-compare).

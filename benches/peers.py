@@ -258,9 +258,8 @@ class BpeFastEncoder(Encoder):
         return self.tok.encode_ordinary(text)
 
     def encode_batch(self, texts, threads):
-        # encode_batch's defaults (no special tokens allowed, disallowed raise) match encode_ordinary on
-        # the corpora, which contain no "<|endoftext|>" text.
-        return self.tok.encode_batch(texts, num_threads=threads)
+        # The ordinary (no special-token scan) batch call: the same work as tiktoken's encode_ordinary_batch.
+        return self.tok.encode_ordinary_batch(texts, num_threads=threads)
 
     def decode_bytes(self, ids):
         return self.tok.decode_bytes(ids)

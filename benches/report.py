@@ -53,6 +53,8 @@ class Config:
     train_timeout_s: float
     # Some peers are super-linear on one-chunk inputs: cap each such run (a timeout is reported as such).
     pathological_timeout_s: float
+    # Whether peers train on the pathological inputs too (only bpe_fast has a target there).
+    pathological_train_peers: bool
 
 
 FULL = Config(
@@ -68,7 +70,8 @@ FULL = Config(
     scaling_vocab=8192,
     batch_threads=2,
     train_timeout_s=600,
-    pathological_timeout_s=120,
+    pathological_timeout_s=30,
+    pathological_train_peers=True,
 )
 QUICK = replace(
     FULL,
@@ -82,6 +85,7 @@ QUICK = replace(
     scaling_vocab=2048,
     train_timeout_s=120,
     pathological_timeout_s=30,
+    pathological_train_peers=False,
 )
 
 
@@ -276,6 +280,8 @@ def pathological_training_section(cfg: Config, have_us: bool) -> List[dict]:
             path.write_text(text, encoding="utf-8")
         files[kind] = path
     trainers = [p for p in peers.TRAINERS if p != "bpe_fast_texts" and (have_us or not p.startswith(US))]
+    if not cfg.pathological_train_peers:
+        trainers = [p for p in trainers if p == US]
     rows = []
     for kind, path in files.items():
         for peer in trainers:
@@ -628,7 +634,8 @@ def render_markdown(
         "pathological_train",
         "Pathological inputs: training",
         f"{cfg.pathological_mb:g} MB each, vocab {cfg.pathological_vocab}, {cfg.batch_threads} threads "
-        "(training stops early when no pair is left, as the algorithm says).",
+        "(training stops early when no pair is left, as the algorithm says); each run capped at "
+        f"{cfg.pathological_timeout_s:g} s.",
         ("input",),
     )
     encode_table(
@@ -720,6 +727,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="throughput-vs-size PNG to write (default: throughput_vs_size.png beside --out)",
     )
     parser.add_argument("--runs", type=int, help="override the runs per measurement (full: 3, quick: 1)")
+    parser.add_argument("--train-mb", type=float, help="training corpus size in MB (full: 50, quick: 4)")
+    parser.add_argument("--encode-mb", type=float, help="encoding corpora size in MB (full: 7.5, quick: 1)")
+    parser.add_argument(
+        "--scaling-mb",
+        type=float,
+        nargs="+",
+        help="corpus sizes in MB for the time-vs-size section (full: 1 2 4 8 16 32, quick: 1 2 4)",
+    )
+    parser.add_argument(
+        "--pathological-mb", type=float, help="size of each pathological input in MB (full: 1, quick: 0.25)"
+    )
     parser.add_argument(
         "--only",
         nargs="+",
@@ -736,6 +754,20 @@ def main(argv=None) -> int:
         if args.runs < 1:
             raise SystemExit("--runs must be at least 1")
         cfg = replace(cfg, runs=args.runs)
+    for flag, field_name in (
+        ("train_mb", "train_mb"),
+        ("encode_mb", "encode_mb"),
+        ("pathological_mb", "pathological_mb"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            if value <= 0:
+                raise SystemExit(f"--{flag.replace('_', '-')} must be positive")
+            cfg = replace(cfg, **{field_name: value})
+    if args.scaling_mb:
+        if min(args.scaling_mb) <= 0:
+            raise SystemExit("--scaling-mb sizes must be positive")
+        cfg = replace(cfg, scaling_mb=tuple(sorted(args.scaling_mb)))
     if corpus.data_dir() is None:
         print("benchmark corpora not found (set BPE_FAST_BENCH_DATA); nothing measured", file=sys.stderr)
         return 2
