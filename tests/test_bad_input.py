@@ -1,0 +1,153 @@
+"""Bad input gets a clear Python exception that says what and where."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import bpe_fast
+import numpy as np
+import pytest
+from bpe_fast.tokenizer import Tokenizer
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+ENDOFTEXT = "<|endoftext|>"
+
+
+@pytest.fixture(scope="module")
+def gpt2() -> Tokenizer:
+    return Tokenizer.gpt2()
+
+
+@pytest.mark.parametrize("bad", [50257, 10**6, 2**32, -1, 2**40])
+def test_decode_unknown_id_names_it(gpt2, bad):
+    with pytest.raises(ValueError, match=str(bad)):
+        gpt2.decode([31373, bad])
+    with pytest.raises(ValueError, match=str(bad)):
+        gpt2.decode_bytes(iter([bad]))
+
+
+def test_decode_numpy_out_of_range_is_not_wrapped(gpt2):
+    with pytest.raises(ValueError, match="-5"):
+        gpt2.decode(np.array([1, -5], dtype=np.int64))
+    with pytest.raises(ValueError, match=str(2**32 + 1)):
+        gpt2.decode(np.array([2**32 + 1], dtype=np.int64))
+    with pytest.raises(ValueError, match="50300"):
+        gpt2.decode(np.array([50300], dtype=np.uint32))
+    with pytest.raises(TypeError, match="integer"):
+        gpt2.decode(np.array([1.0]))
+
+
+def test_decode_non_int_ids_is_a_type_error(gpt2):
+    with pytest.raises(TypeError):
+        gpt2.decode([1, "2"])
+    with pytest.raises(TypeError):
+        gpt2.token_bytes("7")
+
+
+def test_decode_errors_policy(gpt2):
+    broken = gpt2.encode("博")[:1]  # a lone first byte of a UTF-8 sequence
+    assert "\ufffd" in gpt2.decode(broken)
+    with pytest.raises(UnicodeDecodeError):
+        gpt2.decode(broken, errors="strict")
+    assert gpt2.decode_bytes(broken) == "博".encode()[: len(gpt2.decode_bytes(broken))]
+
+
+def test_encode_non_str_is_a_type_error(gpt2):
+    with pytest.raises(TypeError):
+        gpt2.encode(b"bytes")
+    with pytest.raises(TypeError):
+        gpt2.encode_batch(["ok", 3])
+
+
+def test_disallowed_special_text_names_token_and_position(gpt2):
+    with pytest.raises(ValueError) as caught:
+        gpt2.encode("abc" + ENDOFTEXT)
+    assert ENDOFTEXT in str(caught.value) and "character 3" in str(caught.value)
+    with pytest.raises(ValueError, match="allowed_special"):
+        gpt2.encode("x", allowed_special="everything")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text())
+def test_decode_of_encode_ordinary_is_identity(gpt2, text):
+    assert gpt2.decode(gpt2.encode_ordinary(text)) == text
+
+
+def test_empty_corpus(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    for data in (empty, str(empty), [empty], [], [""], iter([])):
+        with pytest.raises(ValueError, match="no text to train on"):
+            bpe_fast.train(data, 300)
+
+
+def test_non_utf8_corpus_names_file_and_offset(tmp_path):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes(b"hello w\xf6rld")
+    with pytest.raises(ValueError) as caught:
+        bpe_fast.train(bad, 300)
+    assert "latin1.txt" in str(caught.value) and "7" in str(caught.value)
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(OSError, match="missing.txt"):
+        bpe_fast.train(tmp_path / "missing.txt", 300)
+    with pytest.raises(ValueError, match="directory"):
+        bpe_fast.train(tmp_path, 300)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"vocab_size": 255}, "vocab_size"),
+        ({"vocab_size": 256, "special_tokens": [ENDOFTEXT]}, "257"),
+        ({"vocab_size": "300"}, "vocab_size"),
+        ({"vocab_size": 300, "pattern": "gpt9("}, "pattern"),
+        ({"vocab_size": 300, "min_frequency": 0}, "min_frequency"),
+        ({"vocab_size": 300, "max_token_length": 0}, "max_token_length"),
+        ({"vocab_size": 300, "special_tokens": ENDOFTEXT}, "special_tokens"),
+        ({"vocab_size": 300, "special_tokens": ["a", "a"]}, "twice"),
+        ({"vocab_size": 300, "doc_sep": ""}, "doc_sep"),
+        ({"vocab_size": 300, "num_threads": 0}, "num_threads"),
+    ],
+)
+def test_training_argument_errors(kwargs, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        bpe_fast.train(["some text"], **kwargs)
+
+
+def test_training_data_of_the_wrong_type():
+    with pytest.raises(ValueError, match="bytes"):
+        bpe_fast.train(b"abc", 300)
+    with pytest.raises(ValueError, match="item 1"):
+        bpe_fast.train(["ok", 5], 300)
+    with pytest.raises(ValueError, match="training data"):
+        bpe_fast.train(42, 300)
+
+
+def test_from_parts_validation_names_the_entry():
+    tokens = {i: bytes([i]) for i in range(255)}  # byte 0xff missing
+    with pytest.raises(ValueError):
+        Tokenizer.from_parts(tokens, [], {}, "raw")
+    tokens = {i: bytes([i]) for i in range(256)}
+    with pytest.raises(ValueError, match="300"):
+        Tokenizer.from_parts(tokens, [(97, 300)], {}, "raw")
+
+
+def test_unrecoverable_bare_map_names_file_and_token(tmp_path):
+    entries = {str(i): bytes([i]).hex() for i in range(256)}
+    entries["256"] = b"abc".hex()  # no merges before it can leave exactly two parts
+    path = tmp_path / "bare.json"
+    path.write_text(str(entries).replace("'", '"'), encoding="utf-8")
+    with pytest.raises(ValueError) as caught:
+        bpe_fast.load(path)
+    assert "bare.json" in str(caught.value) and "256" in str(caught.value)
+
+
+def test_bad_tiktoken_file(tmp_path):
+    path = tmp_path / "bad.tiktoken"
+    path.write_text("YQ== 0\nnot-base64!! 1\n")
+    with pytest.raises(ValueError, match=":2"):
+        Tokenizer.from_tiktoken(path, pattern="gpt2")
+    assert Path(path).exists()
