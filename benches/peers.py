@@ -63,6 +63,12 @@ def versions() -> Dict[str, str]:
             found[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             found[dist] = "missing"
+    try:
+        import bpe_fast
+
+        found["bpe_fast imported from"] = str(Path(bpe_fast.__file__).parent)
+    except ImportError:
+        pass
     return found
 
 
