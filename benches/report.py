@@ -521,8 +521,9 @@ def render_markdown(
     out += ["## Training", ""]
     out.append(
         "Wall time of the train call in a fresh subprocess (file reading included, interpreter start-up and "
-        'imports excluded); peak RSS = the worker\'s VmHWM over all runs; "merges vs rustbpe" compares the '
-        "learned tokens (equal work check: a trainer that learns something else is not comparable)."
+        "imports excluded); peak RSS = the worker's VmHWM over all runs (the whole process: interpreter, the "
+        "peer's imports - numpy for bpe_fast - and training); RSS before = after imports, before training; "
+        'growth = the difference. "merges vs rustbpe" compares the learned tokens (equal work check).'
     )
     out.append("")
     rows = []
@@ -537,6 +538,7 @@ def render_markdown(
                 _fmt_mbs(row["timing"]),
                 "-" if row["peak_rss_mb"] is None else f"{row['peak_rss_mb']:.0f}",
                 "-" if row["baseline_rss_mb"] is None else f"{row['baseline_rss_mb']:.0f}",
+                "-" if row["peak_rss_mb"] is None else f"{row['peak_rss_mb'] - row['baseline_rss_mb']:.0f}",
                 str(row["vocab_reached"]),
                 row["vs_rustbpe"],
                 _fmt_ratio(speed) if row["peer"] != US else "1.00x",
@@ -552,6 +554,7 @@ def render_markdown(
             "MB/s",
             "peak RSS MB",
             "RSS before MB",
+            "growth MB",
             "vocab reached",
             "merges vs rustbpe",
             "bpe_fast x faster",
