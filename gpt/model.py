@@ -443,7 +443,12 @@ def generate(
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     config = getattr(model, "config", None)
-    block_size = block_size if block_size is not None else config.block_size
+    if block_size is None:
+        if config is None:
+            raise ValueError(
+                "model has no .config (a DDP wrapper?): pass block_size=, or the unwrapped model"
+            )
+        block_size = config.block_size
     vocab = real_vocab_size if real_vocab_size is not None else getattr(config, "real_vocab_size", None)
     batch, prompt_len = idx.shape
     total = prompt_len + max_new_tokens

@@ -241,6 +241,20 @@ def test_loss_is_mean_cross_entropy_with_ignore_index():
     assert model(idx)[1] is None
 
 
+def test_bf16_autocast_forward_and_backward():
+    torch.manual_seed(0)
+    model = GPT(tiny_config())
+    idx = torch.randint(0, REAL_VOCAB, (2, 16))
+    with torch.no_grad():
+        reference, _ = model(idx)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        logits, loss = model(idx, idx)
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(loss)
+    torch.testing.assert_close(logits.float(), reference, atol=0.05, rtol=0.05)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+
+
 def test_forward_rejects_too_long_input():
     model = GPT(tiny_config())
     with pytest.raises(ValueError, match="block_size"):

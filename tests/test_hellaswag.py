@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import urllib.error
@@ -303,8 +304,6 @@ def gpt2_tokenizer_or_skip():
 
 def subprocess_env() -> dict:
     """The environment for `python -m gpt...` children: the bpe_fast this test process imported."""
-    import os
-
     import bpe_fast
 
     env = dict(os.environ)
@@ -332,3 +331,19 @@ def test_cli_end_to_end_with_gpt2_tokenizer(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "/10 =" in result.stdout
+
+
+@pytest.mark.skipif(
+    not os.environ.get("GPT_TEST_COMPILE"), reason="set GPT_TEST_COMPILE=1 (about a minute on CPU)"
+)
+def test_compiled_model_scores_like_eager():
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model = tiny_gpt()
+    examples = hellaswag.load_examples(FIXTURE)
+    tok = ByteTokenizer()
+    compiled = torch.compile(model)
+    assert hellaswag.evaluate(compiled, examples, tok) == hellaswag.evaluate(model, examples, tok)
+    # the fixture's rows pad to 128 or 192 tokens: two shapes, hence at most two graphs
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 2
