@@ -58,11 +58,43 @@ TOKENIZER_CODE = textwrap.dedent(
             )
             return tiktoken.Encoding("gpt2", pat_str={GPT2_PATTERN!r}, mergeable_ranks=ranks,
                                      special_tokens={{{EOT!r}: 50256}})
+
+
+    class HookedCore:
+        def __init__(self, core, hook):
+            self.core, self.hook = core, hook
+
+        def encode_batch_to_buffer(self, *args):
+            self.hook()
+            return self.core.encode_batch_to_buffer(*args)
+
+
+    class Hooked:  # GPT-2 calling hook() before each batch; keeps bpe_fast's fast core path when built
+        def __init__(self, tok, hook):
+            self.vocab_size, self.special_tokens = 50257, {{{EOT!r}: 50256}}
+            if hasattr(tok, "_core"):
+                self._core = HookedCore(tok._core, hook)
+            else:
+                self.encode_ordinary_batch = lambda texts, **kw: (hook(), tok.encode_ordinary_batch(texts, **kw))[1]
     """
 )
 _namespace: dict = {}
 exec(TOKENIZER_CODE, _namespace)
 gpt2_tokenizer = _namespace["gpt2_tokenizer"]
+
+
+def gpt2_with_specials(specials: dict[str, int]):
+    """GPT-2's merges with other special tokens: bpe_fast when built, else tiktoken."""
+    base = gpt2_tokenizer()
+    if hasattr(base, "_core"):
+        import bpe_fast
+
+        return bpe_fast.Tokenizer.from_parts(base.tokens(), base.merges, specials, "gpt2")
+    import tiktoken
+
+    return tiktoken.Encoding(
+        "x", pat_str=GPT2_PATTERN, mergeable_ranks=base._mergeable_ranks, special_tokens=specials
+    )
 
 
 def bpe_fast_core_built() -> bool:
@@ -159,7 +191,7 @@ def test_gpt2_round_trip_gives_back_every_document(gpt2, corpus_files, tmp_path)
 def test_small_trained_vocab_round_trip(tmp_path, corpus_files):
     import bpe_fast
 
-    tok = bpe_fast.train([str(p) for p in corpus_files], 300, special_tokens=[EOT])
+    tok = bpe_fast.train(list(corpus_files), 300, special_tokens=[EOT])
     vocab = tmp_path / "vocab.json"
     tok.save(vocab)
     out = tmp_path / "shards"
@@ -167,7 +199,7 @@ def test_small_trained_vocab_round_trip(tmp_path, corpus_files):
                  "--out", str(out), "--shard-size", "20000", "--no-progress", "-q"]) == 0  # fmt: skip
     manifest = load_manifest(out)
     assert manifest["tokenizer"] == {
-        "spec": str(vocab), "sha256": tokenizer_sha256(vocab), "vocab_size": 300, "eot_id": tok.special_tokens[EOT]
+        "spec": str(vocab), "sha256": tokenizer_sha256(vocab), "vocab_size": 300, "eot_id": 299
     }  # fmt: skip
     docs = expected_docs(sorted(corpus_files))
     assert decoded_docs(tok, stream(out, manifest), tok.special_tokens[EOT]) == docs
@@ -184,15 +216,9 @@ def test_special_token_text_inside_documents_is_ordinary_text(gpt2, tmp_path):
 
 def test_ids_over_uint16_give_uint32_shards(tmp_path):
     """A vocab over 65536 ids (here: end-of-text at 70000) must never be wrapped into uint16."""
-    import tiktoken
-
     from gpt.prepare_encoder import tokenizer_vocab_size
 
-    base = gpt2_tokenizer()
-    ranks = base._mergeable_ranks if hasattr(base, "_mergeable_ranks") else None
-    if ranks is None:
-        pytest.skip("needs tiktoken's rank table")
-    big = tiktoken.Encoding("big", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: 70_000})
+    big = gpt2_with_specials({EOT: 70_000})
     assert tokenizer_vocab_size(big) == 70_001
     path = tmp_path / "a.txt"
     path.write_text("hello world", encoding="utf-8")
@@ -206,14 +232,7 @@ def test_ids_over_uint16_give_uint32_shards(tmp_path):
 
 
 def test_tokenizer_without_end_of_text_is_refused_with_a_hint(tmp_path):
-    import tiktoken
-
-    base = gpt2_tokenizer()
-    if not hasattr(base, "_mergeable_ranks"):
-        pytest.skip("needs tiktoken's rank table")
-    bare = tiktoken.Encoding(
-        "bare", pat_str=GPT2_PATTERN, mergeable_ranks=base._mergeable_ranks, special_tokens={}
-    )
+    bare = gpt2_with_specials({})
     path = tmp_path / "a.txt"
     path.write_text("x", encoding="utf-8")
     with pytest.raises(ValueError, match=r'--special "<\|endoftext\|>"'):
@@ -236,19 +255,16 @@ def test_same_shards_with_one_and_two_threads_and_any_batch_size(gpt2, corpus_fi
     assert outputs[0] == outputs[1] == outputs[2]
 
 
-class _CrashAfter:
-    """A tokenizer that fails after `calls` encode calls: an interruption at a chosen batch."""
+def _CrashAfter(tokenizer, calls: int):
+    """The tokenizer, failing after `calls` batch encodes: an interruption at a chosen batch."""
+    left = [calls]
 
-    def __init__(self, tokenizer, calls):
-        self.tokenizer, self.calls = tokenizer, calls
-        self.vocab_size = 50257
-        self.special_tokens = {EOT: 50256}
-
-    def encode_ordinary_batch(self, texts, **kwargs):
-        if self.calls == 0:
+    def hook():
+        if left[0] == 0:
             raise KeyboardInterrupt("simulated kill")
-        self.calls -= 1
-        return self.tokenizer.encode_ordinary_batch(texts, **kwargs)
+        left[0] -= 1
+
+    return _namespace["Hooked"](tokenizer, hook)
 
 
 @pytest.mark.parametrize("crash_after", [0, 1, 3, 7])
@@ -275,16 +291,9 @@ KILL_SCRIPT = TOKENIZER_CODE + textwrap.dedent(
     from gpt.prepare import prepare
     from gpt.prepare_sources import FileSource
 
-    class Slow:  # encodes like the real tokenizer, slowly, so the parent can kill mid-run
-        def __init__(self, tok, delay):
-            self.tok, self.delay = tok, delay
-            self.vocab_size, self.special_tokens = 50257, {"<|endoftext|>": 50256}
-        def encode_ordinary_batch(self, texts, **kwargs):
-            time.sleep(self.delay)
-            return self.tok.encode_ordinary_batch(texts, **kwargs)
-
     out, delay, files = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
-    prepare(FileSource(files, doc_sep="\\n\\n"), Slow(gpt2_tokenizer(), delay), out, tokenizer_spec="gpt2",
+    tokenizer = Hooked(gpt2_tokenizer(), lambda: time.sleep(delay))  # slow, so the parent can kill mid-run
+    prepare(FileSource(files, doc_sep="\\n\\n"), tokenizer, out, tokenizer_spec="gpt2",
             shard_size=2_000, batch_bytes=2_000, show_progress=False)
     """
 )
@@ -688,6 +697,8 @@ def test_cli_end_to_end_with_workers_and_merge(tmp_path, corpus_files):
 
 def test_batch_encoder_contract(gpt2):
     encoder = BatchEncoder(gpt2, 50256, num_threads=2)
+    assert encoder.fast == bpe_fast_core_built()
+    assert BatchEncoder(_CrashAfter(gpt2, 5), 50256).fast == bpe_fast_core_built()
     ids, ends = encoder(["ab", "", "\u4e09\u56fd"])
     assert ends.tolist() == [
         1 + len(gpt2.encode_ordinary("ab")),
