@@ -40,6 +40,8 @@ US = "bpe_fast"
 @dataclass(frozen=True)
 class Config:
     runs: int
+    # Training runs per configuration (each a fresh subprocess on the whole corpus: the costly part).
+    train_runs: int
     train_mb: float
     train_vocabs: Tuple[int, ...]
     train_threads: Tuple[int, ...]
@@ -59,6 +61,7 @@ class Config:
 
 FULL = Config(
     runs=3,
+    train_runs=3,
     train_mb=50,
     train_vocabs=(8192, 32768),
     train_threads=(1, 2),
@@ -76,6 +79,7 @@ FULL = Config(
 QUICK = replace(
     FULL,
     runs=1,
+    train_runs=1,
     train_mb=4,
     encode_mb=1,
     short_lines=10_000,
@@ -104,9 +108,9 @@ def training_section(cfg: Config, have_us: bool) -> List[dict]:
     for vocab in cfg.train_vocabs:
         for threads in cfg.train_threads:
             results = {peer: {"runs": []} for peer in trainers}
-            for run in range(cfg.runs):
+            for run in range(cfg.train_runs):
                 for peer in trainers:
-                    log(f"train {peer} vocab={vocab} threads={threads} run {run + 1}/{cfg.runs}")
+                    log(f"train {peer} vocab={vocab} threads={threads} run {run + 1}/{cfg.train_runs}")
                     ranks_file = corpus.cache_dir() / f"trained_{peer}_{vocab}.tiktoken" if run == 0 else None
                     outcome = measure.run_training(
                         peer, path, vocab, threads, cfg.train_timeout_s, ranks_file
@@ -500,7 +504,8 @@ def render_markdown(
     out += _table(["machine", ""], [[key, value] for key, value in info.items()])
     out += _table(["package", "version"], [[key, value] for key, value in results["versions"].items()])
     out.append(
-        f"Runs per measurement: {cfg.runs} (tables show median, with the min in parentheses). "
+        f"Runs per measurement: {cfg.runs}, per training configuration: {cfg.train_runs} (tables show the "
+        "median, with the min in parentheses). "
         f"Training corpus: {cfg.train_mb:g} MB of mixed docs and code (corpora/en/*.txt + zh/*.txt, repeated/"
         f"trimmed at a line end). Encoding corpora: {cfg.encode_mb:g} MB each. MB = 10^6 bytes of UTF-8 input. "
         "\"x faster\" = the peer's median time / bpe_fast's median time on the same work. "
@@ -658,10 +663,16 @@ def plot_scaling(rows: List[dict], path: Path) -> Optional[Path]:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter, NullFormatter
     except ImportError:
         log("matplotlib missing: no plot")
         return None
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    # One colour per peer across both panels.
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    names = dict.fromkeys((US, *peers.ENCODERS, *peers.TRAINERS))
+    colours = {name: palette[i % len(palette)] for i, name in enumerate(names)}
+    plain = FuncFormatter(lambda value, _pos: f"{value:g}")
     for axis, task, title in (
         (axes[0], "encode", "encoding (GPT-2 vocab, 1 thread)"),
         (axes[1], "train", "training"),
@@ -675,9 +686,20 @@ def plot_scaling(rows: List[dict], path: Path) -> Optional[Path]:
             ]
             if points:
                 sizes, speeds = zip(*sorted(points))
-                axis.plot(sizes, speeds, marker="o", label=name, linewidth=2.5 if name == US else 1.2)
+                axis.plot(
+                    sizes,
+                    speeds,
+                    marker="o",
+                    label=name,
+                    color=colours.get(name),
+                    linewidth=2.5 if name == US else 1.2,
+                )
         axis.set_xscale("log", base=2)
         axis.set_yscale("log")
+        axis.set_xticks(sorted({row["size_mb"] for row in rows}))
+        axis.xaxis.set_major_formatter(plain)
+        axis.yaxis.set_major_formatter(plain)
+        axis.yaxis.set_minor_formatter(NullFormatter())
         axis.set_xlabel("input size (MB)")
         axis.set_ylabel("throughput (MB/s)")
         axis.set_title(title)
@@ -730,6 +752,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="throughput-vs-size PNG to write (default: throughput_vs_size.png beside --out)",
     )
     parser.add_argument("--runs", type=int, help="override the runs per measurement (full: 3, quick: 1)")
+    parser.add_argument(
+        "--train-runs", type=int, help="override the runs per training configuration (default: --runs)"
+    )
     parser.add_argument("--train-mb", type=float, help="training corpus size in MB (full: 50, quick: 4)")
     parser.add_argument("--encode-mb", type=float, help="encoding corpora size in MB (full: 7.5, quick: 1)")
     parser.add_argument(
@@ -756,7 +781,11 @@ def main(argv=None) -> int:
     if args.runs is not None:
         if args.runs < 1:
             raise SystemExit("--runs must be at least 1")
-        cfg = replace(cfg, runs=args.runs)
+        cfg = replace(cfg, runs=args.runs, train_runs=args.runs)
+    if args.train_runs is not None:
+        if args.train_runs < 1:
+            raise SystemExit("--train-runs must be at least 1")
+        cfg = replace(cfg, train_runs=args.train_runs)
     for flag, field_name in (
         ("train_mb", "train_mb"),
         ("encode_mb", "encode_mb"),
