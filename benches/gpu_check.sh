@@ -17,7 +17,7 @@ PYTHON="${PYTHON:-python3}"
 STEPS="${STEPS:-100}"
 TOTAL_BATCH="${TOTAL_BATCH:-131072}"
 BATCH="${BATCH:-64}"
-WORK="${WORK:-${OUT:-/tmp}/gpu_check}"
+WORK="${WORK:-/tmp/gpu_check}"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 mkdir -p "$WORK"
@@ -41,3 +41,5 @@ timeout 480 "$PYTHON" -m gpt.train --preset gpt2-124m \
 echo "== summary"
 timeout 60 "$PYTHON" benches/gpu_check.py summary "$WORK/run/log.jsonl"
 ls -la "$WORK/run"
+# Under a runner that collects $OUT, keep the log (not the 1.5 GB checkpoint or the shards).
+if [[ -n "${OUT:-}" && -d "${OUT}" ]]; then cp "$WORK/run/log.jsonl" "$OUT/gpu_check_log.jsonl"; fi

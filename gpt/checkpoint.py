@@ -68,6 +68,10 @@ def save_checkpoint(out_dir: str | os.PathLike, model: torch.nn.Module, optimize
     final = out_dir / f"ckpt_{step:07d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-ckpt_{step:07d}-", dir=out_dir))
     try:
+        # mkdtemp makes the folder owner-only; a checkpoint gets the usual permissions (per umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
         save_safetensors_model(unwrap_model(model), str(tmp / MODEL_FILE))
         torch.save(optimizer.state_dict() if optimizer is not None else {}, tmp / OPTIMIZER_FILE)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True), encoding="utf-8")

@@ -279,8 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     device_name = cfg.device
     if device_name == "auto":
         device_name = "cuda" if torch.cuda.is_available() else "cpu"
-    if device_name == "cuda" and ddp:
-        device_name = f"cuda:{local_rank}"
+    if device_name == "cuda":
+        device_name = f"cuda:{local_rank}"  # an explicit index: set_device and DDP need one
     device = torch.device(device_name)
     if device.type == "cuda":
         torch.cuda.set_device(device)
