@@ -85,21 +85,29 @@ def _trim_to_line(data: bytes, size: int) -> bytes:
 
 
 def corpus_file(size_mb: float, language: str = "mixed") -> Path:
-    """A file of about ``size_mb`` MB: the language's files concatenated, repeated and trimmed at a line end.
+    """A file of about ``size_mb`` MB of the language's files: a proportional share of each (below their total
+    size) or all of them repeated, trimmed at a line end.
 
     "mixed" is the issue's "mixed docs and code" corpus: English prose, Python and PostgreSQL docs, Chinese.
     """
     size = int(size_mb * MB)
-    path = cache_dir() / f"{language}_{size}.txt"
+    path = cache_dir() / f"{language}_v2_{size}.txt"
     if path.exists():
         return path
-    pieces = []
+    sources = []
     for source in source_files(language):
         data = source.read_bytes()
-        pieces.append(data if data.endswith(b"\n") else data + b"\n")
-    whole = b"".join(pieces)
-    repeated = whole * (size // len(whole) + 1)
-    _atomic_write_bytes(path, _trim_to_line(repeated, size))
+        sources.append(data if data.endswith(b"\n") else data + b"\n")
+    total = sum(len(data) for data in sources)
+    if size < total:
+        # Smaller than the corpora: the same share of every file, so that a 1 MB corpus has the same mix of
+        # prose, docs, code and Chinese as a 32 MB one (otherwise "time vs size" would measure content).
+        pieces = [_trim_to_line(data, max(1, len(data) * size // total)) for data in sources]
+        whole = b"".join(pieces)
+    else:
+        whole = b"".join(sources)
+        whole = whole * (size // len(whole) + 1)
+    _atomic_write_bytes(path, _trim_to_line(whole, size))
     return path
 
 
@@ -140,9 +148,11 @@ def short_lines(total: int = 42_000, min_bytes: int = 30, max_bytes: int = 80) -
 
     Models the "many short strings" workload (chat messages, titles, dataset rows).
     """
-    text = read_text(corpus_file(38, "mixed"))
     chosen = [
-        line for line in text.splitlines(keepends=True) if min_bytes <= len(line.encode("utf-8")) <= max_bytes
+        line
+        for source in source_files("mixed")
+        for line in read_text(source).splitlines(keepends=True)
+        if min_bytes <= len(line.encode("utf-8")) <= max_bytes
     ]
     if not chosen:
         raise ValueError("corpus has no lines of the requested length")

@@ -45,6 +45,9 @@ def test_corpus_file_is_sized_and_cached(tmp_path: Path, monkeypatch):
     assert 480 <= len(data) <= 500 and data.endswith(b"\n")
     assert data.startswith(b"hello world\n") and "你好世界".encode() in data
     assert corpus.corpus_file(0.0005) == path
+    # Smaller than the sources: a share of each file, so every size has the same mix.
+    small = corpus.corpus_file(0.0001).read_bytes()
+    assert small == b"hello world\n" * 4 + "你好世界\n".encode() * 4
 
 
 def test_data_dir_is_none_without_corpora(tmp_path: Path, monkeypatch):
