@@ -395,8 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inputs = parser.add_argument_group("input (one of --files / --dataset)")
     inputs.add_argument(
-        "--files", action="append", metavar="GLOB",
-        help="local inputs, repeatable; globs are sorted, '**' recurses. .txt = one document per file (or per "
+        "--files", action="extend", nargs="+", metavar="GLOB",
+        help="local inputs: paths or quoted globs, several per flag and repeatable (files are taken in the order "
+        "given; each glob's matches sorted; '**' recurses). .txt = one document per file (or per "
         "--doc-sep block), .jsonl = one JSON object per line, .parquet = one row per document",
     )  # fmt: skip
     inputs.add_argument("--dataset", help="Hugging Face dataset streamed with datasets.load_dataset(streaming=True), "

@@ -674,6 +674,26 @@ def test_help_explains_every_flag(capsys):
         main(["merge-manifests", "--help"])
 
 
+def test_cli_takes_several_files_per_flag(gpt2, corpus_files, tmp_path):
+    out = tmp_path / "out"
+    args = [
+        "--files",
+        *map(str, corpus_files),
+        "--doc-sep",
+        "\\n\\n",
+        "--out",
+        str(out),
+        "--shard-size",
+        "1e4",
+    ]
+    if not bpe_fast_core_built():
+        pytest.skip("the CLI loads bpe_fast")
+    assert main([*args, "--no-progress", "-q"]) == 0
+    manifest = load_manifest(out)
+    assert [f["path"] for f in manifest["source"]["files"]] == [str(p) for p in corpus_files]
+    assert decoded_docs(gpt2, stream(out, manifest), 50256) == expected_docs(corpus_files)
+
+
 def test_cli_rejects_conflicting_inputs(tmp_path, capsys):
     with pytest.raises(SystemExit, match="exactly one"):
         main(["--out", str(tmp_path)])
