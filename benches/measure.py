@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from benches import peers
 
@@ -29,6 +29,9 @@ class Timing:
 
     seconds: List[float] = field(default_factory=list)
     nbytes: int = 0
+    # Process CPU seconds (all threads) of each run: cpu/wall shows how many cores a call really used,
+    # which keeps "1 thread" labels honest.
+    cpu_seconds: List[float] = field(default_factory=list)
     error: Optional[str] = None
     extra: Dict[str, float] = field(default_factory=dict)
 
@@ -45,6 +48,13 @@ class Timing:
         return statistics.median(self.seconds)
 
     @property
+    def cores_used(self) -> float:
+        """Median CPU time over median wall time (1.0 = one core busy throughout); 0 when unmeasured."""
+        if not self.cpu_seconds or not self.ok:
+            return 0.0
+        return statistics.median(self.cpu_seconds) / self.median
+
+    @property
     def mb_per_s(self) -> float:
         """Throughput at the median time, in MB (10^6 bytes) per second."""
         return self.nbytes / self.median / 1e6
@@ -53,19 +63,22 @@ class Timing:
         return {
             "seconds": self.seconds,
             "nbytes": self.nbytes,
+            "cpu_seconds": self.cpu_seconds,
             "error": self.error,
             "extra": self.extra,
         }
 
 
-def time_call(function: Callable[[], object]) -> float:
-    """Seconds one call of ``function`` takes, with the garbage collector paused."""
+def time_call(function: Callable[[], object]) -> Tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one call of ``function``, with the garbage collector paused."""
     gc.collect()
     gc.disable()
     try:
+        start_cpu = time.process_time()
         start = time.perf_counter()
         function()
-        return time.perf_counter() - start
+        wall = time.perf_counter() - start
+        return wall, time.process_time() - start_cpu
     finally:
         gc.enable()
 
@@ -83,7 +96,9 @@ def time_interleaved(jobs: Dict[str, Callable[[], object]], runs: int, nbytes: i
             if timing.error is not None:
                 continue
             try:
-                timing.seconds.append(time_call(job))
+                wall, cpu = time_call(job)
+                timing.seconds.append(wall)
+                timing.cpu_seconds.append(cpu)
             except Exception as exc:  # a failing peer is reported in the table
                 timing.error = f"{type(exc).__name__}: {exc}"
     return results

@@ -132,6 +132,7 @@ def training_section(cfg: Config, have_us: bool) -> List[dict]:
                     "peak_rss_mb": max((r["peak_rss_mb"] for r in good), default=None),
                     "baseline_rss_mb": min((r["baseline_rss_mb"] for r in good), default=None),
                     "vocab_reached": good[0]["vocab_size"] if good else None,
+                    "cores_used": max((r.get("cores_used", 0.0) for r in good), default=None),
                     "vs_rustbpe": _compare_vocabs(
                         _read_tokens(corpus.cache_dir() / f"trained_{peer}_{vocab}.tiktoken"),
                         reference_tokens,
@@ -509,7 +510,8 @@ def render_markdown(
         f"Training corpus: {cfg.train_mb:g} MB of mixed docs and code (corpora/en/*.txt + zh/*.txt, repeated/"
         f"trimmed at a line end). Encoding corpora: {cfg.encode_mb:g} MB each. MB = 10^6 bytes of UTF-8 input. "
         "\"x faster\" = the peer's median time / bpe_fast's median time on the same work. "
-        "Methodology: docs/BENCHMARKS.md."
+        '"cores used" = process CPU time / wall time of the call (1.00 = one core busy throughout; it '
+        'shows what a "1 thread" or "2 threads" label really got). Methodology: docs/BENCHMARKS.md.'
     )
     out.append("")
     if not results["bpe_fast_available"]:
@@ -545,6 +547,7 @@ def render_markdown(
                 "-" if row["baseline_rss_mb"] is None else f"{row['baseline_rss_mb']:.0f}",
                 "-" if row["peak_rss_mb"] is None else f"{row['peak_rss_mb'] - row['baseline_rss_mb']:.0f}",
                 str(row["vocab_reached"]),
+                "-" if not row.get("cores_used") else f"{row['cores_used']:.2f}",
                 row["vs_rustbpe"],
                 _fmt_ratio(speed) if row["peer"] != US else "1.00x",
                 _status(row["timing"]),
@@ -561,6 +564,7 @@ def render_markdown(
             "RSS before MB",
             "growth MB",
             "vocab reached",
+            "cores used (max)",
             "merges vs rustbpe",
             "bpe_fast x faster",
             "status",
@@ -585,10 +589,13 @@ def render_markdown(
                     _fmt_s(row["timing"]),
                     _fmt_mbs(row["timing"]),
                     _fmt_ratio(speed) if row["peer"] != US else "1.00x",
+                    f"{row['timing'].cores_used:.2f}" if row["timing"].cpu_seconds else "-",
                     _status(row["timing"], row.get("ids", "identical")),
                 ]
             )
-        out += _table(list(group) + ["peer", "seconds", "MB/s", "bpe_fast x faster", "status"], rows)
+        out += _table(
+            list(group) + ["peer", "seconds", "MB/s", "bpe_fast x faster", "cores used", "status"], rows
+        )
 
     encode_table(
         "encode_gpt2",

@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -72,7 +73,11 @@ def main(argv=None) -> int:
     )
     __import__(module)
     baseline = _peak_rss_mb()
+    # CPU over wall time around the whole call (the token-list conversion included): how many cores the
+    # trainer really kept busy, to check the thread pinning took effect.
+    cpu_start, wall_start = time.process_time(), time.perf_counter()
     seconds, tokens = peers.train(args.peer, args.corpus, args.vocab, args.threads)
+    cores_used = (time.process_time() - cpu_start) / (time.perf_counter() - wall_start)
     peak = _peak_rss_mb()
     if args.save_ranks:
         peers.write_tiktoken_file(tokens, args.save_ranks)
@@ -83,6 +88,7 @@ def main(argv=None) -> int:
             "vocab_size": len(tokens),
             "threads": args.threads,
             "seconds": seconds,
+            "cores_used": cores_used,
             "peak_rss_mb": peak,
             "baseline_rss_mb": baseline,
             "corpus_bytes": args.corpus.stat().st_size,
