@@ -322,6 +322,15 @@ def _train(cfg: TrainConfig, ddp: bool, rank: int, world: int, master: bool, dev
             f"{cfg.batch_size}*{cfg.seq_len}*{world} = {micro_tokens}"
         )
     grad_accum = cfg.total_batch_size // micro_tokens
+    out_dir = Path(cfg.out)
+    existing = latest_checkpoint(out_dir)
+    if existing is not None and not cfg.resume:
+        # A fresh run here would interleave its checkpoints with the old run's; --resume would then
+        # pick whichever has the highest step.
+        raise FileExistsError(
+            f"{out_dir} already holds checkpoints (latest {existing.name}): pass --resume to continue that "
+            "run, or choose another --out"
+        )
 
     # Data: manifest checks, tokenizer (only when something needs it), then shard validation.
     data_dir = Path(cfg.data)
@@ -346,8 +355,8 @@ def _train(cfg: TrainConfig, ddp: bool, rank: int, world: int, master: bool, dev
         )
     id_limit = real_vocab or vocab_size
     eot = recorded.get("eot_id")
-    if eot is None and tok is not None:
-        eot = eot_id(tok)
+    if eot is None and cfg.shuffle:
+        eot = eot_id(tok)  # document boundaries for shuffling
     train_loader = ShardLoader(
         data_dir, "train", cfg.batch_size, cfg.seq_len, rank, world, seed=cfg.seed, shuffle=cfg.shuffle,
         eot_id=eot, vocab_size=id_limit,
@@ -391,7 +400,6 @@ def _train(cfg: TrainConfig, ddp: bool, rank: int, world: int, master: bool, dev
         device_type=device.type,
     )
 
-    out_dir = Path(cfg.out)
     start_step = 0
     if cfg.resume:
         ckpt = latest_checkpoint(out_dir)

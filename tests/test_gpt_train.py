@@ -252,6 +252,13 @@ def manifest_for(folder: Path, vocab_size: int, sha: str) -> None:
     )
 
 
+def test_fresh_run_into_a_folder_with_checkpoints_is_refused(tmp_path):
+    status, out = run(tmp_path, "--max-steps", 1, "--val-every", 0)
+    assert status == 0
+    with pytest.raises(FileExistsError, match="ckpt_0000001.*--resume"):
+        run(tmp_path, "--max-steps", 1, "--val-every", 0, data=tmp_path / "shards")
+
+
 def test_manifest_mismatches_are_refused(tmp_path):
     from gpt.manifest import tokenizer_sha256
 
