@@ -32,6 +32,9 @@ class Timing:
     # Process CPU seconds (all threads) of each run: cpu/wall shows how many cores a call really used,
     # which keeps "1 thread" labels honest.
     cpu_seconds: List[float] = field(default_factory=list)
+    # What the first run returned, when asked for (time_interleaved keep_output): lets the caller check the
+    # exact output that was timed. Not serialised.
+    output: object = None
     error: Optional[str] = None
     extra: Dict[str, float] = field(default_factory=dict)
 
@@ -69,25 +72,28 @@ class Timing:
         }
 
 
-def time_call(function: Callable[[], object]) -> Tuple[float, float]:
-    """(wall seconds, process CPU seconds) of one call of ``function``, with the garbage collector paused."""
+def time_call(function: Callable[[], object]) -> Tuple[float, float, object]:
+    """(wall seconds, process CPU seconds, result) of one call of ``function``, garbage collector paused."""
     gc.collect()
     gc.disable()
     try:
         start_cpu = time.process_time()
         start = time.perf_counter()
-        function()
+        result = function()
         wall = time.perf_counter() - start
-        return wall, time.process_time() - start_cpu
+        return wall, time.process_time() - start_cpu, result
     finally:
         gc.enable()
 
 
-def time_interleaved(jobs: Dict[str, Callable[[], object]], runs: int, nbytes: int) -> Dict[str, Timing]:
+def time_interleaved(
+    jobs: Dict[str, Callable[[], object]], runs: int, nbytes: int, keep_output: bool = False
+) -> Dict[str, Timing]:
     """Times every job ``runs`` times, round-robin (run 1 of every job, then run 2, ...).
 
     Interleaving spreads slow drifts of a shared machine (other processes, thermal state) over all peers
     instead of penalising whichever ran last. A job that raises is recorded with its error, not retried.
+    ``keep_output`` keeps each job's first result in ``Timing.output``.
     """
     results = {name: Timing(nbytes=nbytes) for name in jobs}
     for _ in range(runs):
@@ -96,9 +102,12 @@ def time_interleaved(jobs: Dict[str, Callable[[], object]], runs: int, nbytes: i
             if timing.error is not None:
                 continue
             try:
-                wall, cpu = time_call(job)
+                wall, cpu, result = time_call(job)
                 timing.seconds.append(wall)
                 timing.cpu_seconds.append(cpu)
+                if keep_output and timing.output is None:
+                    timing.output = result
+                del result
             except Exception as exc:  # a failing peer is reported in the table
                 timing.error = f"{type(exc).__name__}: {exc}"
     return results

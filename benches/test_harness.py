@@ -173,3 +173,15 @@ def test_render_markdown_shows_errors_and_unavailable_bpe_fast():
     text = report.render_markdown(results, cfg, "python benches/report.py --quick", {"cpu": "x"}, [])
     assert "bpe_fast was not importable" in text
     assert "error: RuntimeError: boom" in text
+
+
+def test_compare_outputs_flags_the_peer_whose_timed_output_differs():
+    timings = {
+        "tiktoken": Timing(seconds=[1.0], output=[[1, 2], [3]]),
+        "same": Timing(seconds=[1.0], output=[[1, 2], [3]]),
+        "other": Timing(seconds=[1.0], output=[[1, 2], [4]]),
+    }
+    problems = {}
+    report._compare_outputs(timings, problems, "batch")
+    assert problems == {"other": "batch: ids differ from tiktoken in text 1"}
+    assert all(t.output is None for t in timings.values())
