@@ -506,6 +506,15 @@ def machine_info() -> Dict[str, str]:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True, check=False
         ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "rust", "python", "Cargo.toml"],
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        if commit and dirty:
+            commit += " + uncommitted changes in rust/ or python/"
     except OSError:
         commit = "unknown"
     return {
@@ -515,8 +524,25 @@ def machine_info() -> Dict[str, str]:
         "os": platform.platform(),
         "python": platform.python_version(),
         "git commit": commit or "unknown",
-        "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "load average at start (1, 5, 15 min)": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        # Under `nice` on a busy machine every peer gets a smaller, varying CPU share: say so in the report.
+        "niceness of the report process": str(os.nice(0)),
+        "bpe_fast extension": _extension_stamp(),
     }
+
+
+def _extension_stamp() -> str:
+    """Which compiled bpe_fast._core was measured (path and build time): the tree may be mid-change."""
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("bpe_fast._core")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.origin:
+        return "not found"
+    built = datetime.datetime.fromtimestamp(Path(spec.origin).stat().st_mtime, datetime.timezone.utc)
+    return f"{spec.origin} (built {built:%Y-%m-%d %H:%M} UTC)"
 
 
 def render_markdown(
@@ -806,6 +832,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    started = time.perf_counter()
     args = parse_args(argv)
     cfg = QUICK if args.quick else FULL
     if args.runs is not None:
@@ -875,6 +902,8 @@ def main(argv=None) -> int:
         results["scaling"] = scaling_section(cfg, gpt2, have_us)
 
     targets = evaluate_targets(results, cfg)
+    info["load average at end (1, 5, 15 min)"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    info["report wall time"] = f"{(time.perf_counter() - started) / 60:.1f} min"
     out_path = args.out.resolve()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write_text(out_path, render_markdown(results, cfg, command, info, targets) + "\n")
