@@ -79,7 +79,10 @@ impl ChunkCounter {
         if doc_sep == Some("") {
             return Err(Error::InvalidArgument("doc_sep must not be empty".into()));
         }
-        let io_error = |source| Error::Io { path: path.to_path_buf(), source };
+        let io_error = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let mut file = File::open(path).map_err(io_error)?;
         // `pending` holds the bytes not yet counted; it starts at file offset `pending_offset`.
         let mut pending: Vec<u8> = Vec::new();
@@ -89,7 +92,8 @@ impl ChunkCounter {
             let filled = read_full(&mut file, &mut block).map_err(io_error)?;
             pending.extend_from_slice(&block[..filled]);
             let at_end = filled < block.len();
-            let consumed = self.count_complete_part(&pending, pending_offset, doc_sep, at_end, path)?;
+            let consumed =
+                self.count_complete_part(&pending, pending_offset, doc_sep, at_end, path)?;
             pending.drain(..consumed);
             pending_offset += consumed as u64;
             if at_end {
@@ -172,7 +176,9 @@ impl ChunkCounter {
             pieces
                 .par_iter()
                 .try_fold(ChunkCounts::default, |mut counts, piece| {
-                    pattern.for_each_chunk(piece, &mut |chunk| add_chunk(&mut counts, chunk.as_bytes(), 1))?;
+                    pattern.for_each_chunk(piece, &mut |chunk| {
+                        add_chunk(&mut counts, chunk.as_bytes(), 1)
+                    })?;
                     Ok::<_, Error>(counts)
                 })
                 .try_reduce(ChunkCounts::default, |a, b| Ok(merge_counts(a, b)))
@@ -217,13 +223,21 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 /// The character ending just before byte `at`, if the bytes there are valid UTF-8.
 fn char_before(bytes: &[u8], at: usize) -> Option<char> {
     let start = at.saturating_sub(4);
-    (start..at).find_map(|s| std::str::from_utf8(&bytes[s..at]).ok().and_then(|t| single_char(t)))
+    (start..at).find_map(|s| {
+        std::str::from_utf8(&bytes[s..at])
+            .ok()
+            .and_then(single_char)
+    })
 }
 
 /// The character starting at byte `at`, if valid.
 fn char_at(bytes: &[u8], at: usize) -> Option<char> {
     let end = (at + 4).min(bytes.len());
-    (at + 1..=end).find_map(|e| std::str::from_utf8(&bytes[at..e]).ok().and_then(|t| single_char(t)))
+    (at + 1..=end).find_map(|e| {
+        std::str::from_utf8(&bytes[at..e])
+            .ok()
+            .and_then(single_char)
+    })
 }
 
 fn single_char(text: &str) -> Option<char> {
@@ -244,7 +258,20 @@ fn is_plain_punctuation(c: char) -> bool {
     (c.is_ascii_punctuation() && c != '\'' && c != '/')
         || matches!(
             c,
-            '，' | '。' | '、' | '；' | '：' | '？' | '！' | '“' | '”' | '「' | '」' | '《' | '》' | '（' | '）'
+            '，' | '。'
+                | '、'
+                | '；'
+                | '：'
+                | '？'
+                | '！'
+                | '“'
+                | '”'
+                | '「'
+                | '」'
+                | '《'
+                | '》'
+                | '（'
+                | '）'
         )
 }
 
@@ -280,7 +307,9 @@ fn may_be_cut(bytes: &[u8], at: usize) -> bool {
 
 /// The last safe cut in `(from, to]`.
 fn last_safe_cut(bytes: &[u8], from: usize, to: usize) -> Option<usize> {
-    (from + 1..=to.min(bytes.len())).rev().find(|&at| may_be_cut(bytes, at) && is_safe_cut(bytes, at))
+    (from + 1..=to.min(bytes.len()))
+        .rev()
+        .find(|&at| may_be_cut(bytes, at) && is_safe_cut(bytes, at))
 }
 
 /// The first safe cut in `[from, to)`.
@@ -296,7 +325,9 @@ mod tests {
     fn count_whole(pattern: &Pattern, docs: &[&str]) -> ChunkCounts {
         let mut counts = ChunkCounts::default();
         for doc in docs {
-            pattern.for_each_chunk(doc, &mut |c| add_chunk(&mut counts, c.as_bytes(), 1)).unwrap();
+            pattern
+                .for_each_chunk(doc, &mut |c| add_chunk(&mut counts, c.as_bytes(), 1))
+                .unwrap();
         }
         counts
     }
@@ -312,8 +343,8 @@ mod tests {
     fn text_strategy() -> impl Strategy<Value = String> {
         // Small alphabet heavy in the characters that matter to the cut rules.
         let pieces = prop::sample::select(vec![
-            "a", "b", "Z", " ", "  ", "\n", "\n\n", "\r\n", "'s", "'", "/", ".", ",", "1", "123", "曰", "，",
-            "。", "　", "\t", "é", "😀", "--",
+            "a", "b", "Z", " ", "  ", "\n", "\n\n", "\r\n", "'s", "'", "/", ".", ",", "1", "123",
+            "曰", "，", "。", "　", "\t", "é", "😀", "--",
         ]);
         prop::collection::vec(pieces, 0..120).prop_map(|v| v.concat())
     }
@@ -371,8 +402,13 @@ mod tests {
     #[test]
     fn missing_file_is_an_io_error_and_empty_file_counts_nothing() {
         let mut counter = ChunkCounter::new(Pattern::Gpt2, 1);
-        assert!(matches!(counter.add_file(Path::new("/nonexistent/x.txt"), None), Err(Error::Io { .. })));
-        counter.add_file(&temp_file("empty.txt", b""), None).unwrap();
+        assert!(matches!(
+            counter.add_file(Path::new("/nonexistent/x.txt"), None),
+            Err(Error::Io { .. })
+        ));
+        counter
+            .add_file(&temp_file("empty.txt", b""), None)
+            .unwrap();
         assert_eq!(counter.num_chunks(), 0);
     }
 

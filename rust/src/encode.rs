@@ -27,7 +27,10 @@ pub struct Merger {
 
 impl Merger {
     pub fn new(byte_ids: [u32; 256]) -> Self {
-        Merger { ranks: FxHashMap::default(), byte_ids }
+        Merger {
+            ranks: FxHashMap::default(),
+            byte_ids,
+        }
     }
 
     /// Adds the next merge (its rank is the number of merges before it). Returns false, adding
@@ -48,12 +51,16 @@ impl Merger {
     }
 
     fn rank(&self, left: u32, right: u32) -> u32 {
-        self.ranks.get(&key(left, right)).map_or(NO_RANK, |&(rank, _)| rank)
+        self.ranks
+            .get(&key(left, right))
+            .map_or(NO_RANK, |&(rank, _)| rank)
     }
 
     fn made(&self, left: u32, right: u32) -> u32 {
         // Only called for a pair whose rank was just found, so the entry exists.
-        self.ranks.get(&key(left, right)).map_or(NO_RANK, |&(_, made)| made)
+        self.ranks
+            .get(&key(left, right))
+            .map_or(NO_RANK, |&(_, made)| made)
     }
 
     /// Appends the BPE encoding of `bytes` to `out`.
@@ -66,17 +73,26 @@ impl Merger {
     }
 
     fn encode_short(&self, bytes: &[u8], out: &mut Vec<u32>) {
-        let mut parts: Vec<u32> = bytes.iter().map(|&b| self.byte_id(b)).collect();
-        if parts.len() < 2 {
-            out.extend_from_slice(&parts);
+        // Fixed-size stack arrays: short chunks are the common case and must not allocate.
+        let n = bytes.len().min(SHORT_CHUNK);
+        let mut parts = [0u32; SHORT_CHUNK];
+        for (part, &b) in parts.iter_mut().zip(&bytes[..n]) {
+            *part = self.byte_id(b);
+        }
+        if n < 2 {
+            out.extend_from_slice(&parts[..n]);
             return;
         }
         // pair_rank[i] is the rank of (parts[i], parts[i + 1]).
-        let mut pair_rank: Vec<u32> = parts.windows(2).map(|w| self.rank(w[0], w[1])).collect();
-        loop {
+        let mut pair_rank = [NO_RANK; SHORT_CHUNK];
+        for i in 0..n - 1 {
+            pair_rank[i] = self.rank(parts[i], parts[i + 1]);
+        }
+        let mut len = n;
+        while len > 1 {
             let mut best = NO_RANK;
             let mut at = 0;
-            for (i, &rank) in pair_rank.iter().enumerate() {
+            for (i, &rank) in pair_rank[..len - 1].iter().enumerate() {
                 if rank < best {
                     best = rank;
                     at = i;
@@ -86,16 +102,17 @@ impl Merger {
                 break;
             }
             parts[at] = self.made(parts[at], parts[at + 1]);
-            parts.remove(at + 1);
-            pair_rank.remove(at);
+            parts.copy_within(at + 2..len, at + 1);
+            pair_rank.copy_within(at + 1..len - 1, at);
+            len -= 1;
             if at > 0 {
                 pair_rank[at - 1] = self.rank(parts[at - 1], parts[at]);
             }
-            if at < pair_rank.len() {
+            if at + 1 < len {
                 pair_rank[at] = self.rank(parts[at], parts[at + 1]);
             }
         }
-        out.extend_from_slice(&parts);
+        out.extend_from_slice(&parts[..len]);
     }
 
     fn encode_long(&self, bytes: &[u8], out: &mut Vec<u32>) {
@@ -201,9 +218,14 @@ mod tests {
         ) {
             let merger = merger_from(&pairs);
             let expected = naive::encode(&merger, &text);
-            let mut short = Vec::new();
-            merger.encode_short(&text, &mut short);
-            prop_assert_eq!(&short, &expected);
+            if text.len() <= SHORT_CHUNK {
+                let mut short = Vec::new();
+                merger.encode_short(&text, &mut short);
+                prop_assert_eq!(&short, &expected);
+            }
+            let mut dispatched = Vec::new();
+            merger.encode(&text, &mut dispatched);
+            prop_assert_eq!(&dispatched, &expected);
             if text.len() >= 2 {
                 let mut long = Vec::new();
                 merger.encode_long(&text, &mut long);

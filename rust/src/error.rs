@@ -39,6 +39,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn invalid_data(what: impl Into<String>, location: impl Into<String>) -> Self {
-        Error::InvalidData { what: what.into(), location: location.into() }
+        Error::InvalidData {
+            what: what.into(),
+            location: location.into(),
+        }
     }
 }

@@ -73,7 +73,10 @@ pub enum Pattern {
     /// No split: the whole document is one chunk (the course report's algorithm).
     Raw,
     /// Any other regex; text between matches becomes chunks too, so no text is ever dropped.
-    Custom { source: String, regex: Arc<Regex> },
+    Custom {
+        source: String,
+        regex: Arc<Regex>,
+    },
 }
 
 impl Pattern {
@@ -85,7 +88,10 @@ impl Pattern {
             "o200k" => Pattern::O200k,
             "raw" => Pattern::Raw,
             "" => return Err(Error::InvalidArgument("empty pattern".into())),
-            other => Pattern::Custom { source: other.to_string(), regex: Arc::new(compile(other)?) },
+            other => Pattern::Custom {
+                source: other.to_string(),
+                regex: Arc::new(compile(other)?),
+            },
         })
     }
 
@@ -165,7 +171,10 @@ mod tests {
 
     #[test]
     fn gpt4_groups_digits_by_three() {
-        assert_eq!(Pattern::Gpt4.split("12345 ab").unwrap(), vec!["123", "45", " ab"]);
+        assert_eq!(
+            Pattern::Gpt4.split("12345 ab").unwrap(),
+            vec!["123", "45", " ab"]
+        );
     }
 
     #[test]
@@ -184,6 +193,9 @@ mod tests {
     fn raw_is_one_chunk_and_bad_regex_is_an_error() {
         assert_eq!(Pattern::Raw.split("a b\nc").unwrap(), vec!["a b\nc"]);
         assert!(Pattern::Raw.split("").unwrap().is_empty());
-        assert!(matches!(Pattern::parse("(unclosed"), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            Pattern::parse("(unclosed"),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 }

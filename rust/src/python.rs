@@ -38,14 +38,18 @@ fn guarded<T>(work: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            Err(PyValueError::new_err(format!("internal error in bpe_fast (please report it): {detail}")))
+            Err(PyValueError::new_err(format!(
+                "internal error in bpe_fast (please report it): {detail}"
+            )))
         }
     }
 }
 
 /// Extracts an argument, turning TypeError/OverflowError into a ValueError that names it.
 fn extract_arg<'py, T: FromPyObject<'py>>(value: &Bound<'py, PyAny>, name: &str) -> PyResult<T> {
-    value.extract().map_err(|e| PyValueError::new_err(format!("{name}: {e}")))
+    value
+        .extract()
+        .map_err(|e| PyValueError::new_err(format!("{name}: {e}")))
 }
 
 /// Token ids from any sequence of ints; a bad element is a ValueError naming it and its position.
@@ -59,7 +63,9 @@ fn extract_ids(ids: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
         match item.extract::<u64>() {
             Ok(id) => out.push(id),
             Err(_) => {
-                return Err(PyValueError::new_err(format!("unknown token id {item} at position {position}")));
+                return Err(PyValueError::new_err(format!(
+                    "unknown token id {item} at position {position}"
+                )));
             }
         }
     }
@@ -82,17 +88,25 @@ impl PyChunkCounter {
     fn new(pattern: String, num_threads: usize) -> PyResult<Self> {
         guarded(|| {
             let pattern = Pattern::parse(&pattern).map_err(to_py_err)?;
-            Ok(PyChunkCounter { inner: ChunkCounter::new(pattern, num_threads) })
+            Ok(PyChunkCounter {
+                inner: ChunkCounter::new(pattern, num_threads),
+            })
         })
     }
 
     fn add_texts(&mut self, py: Python<'_>, texts: Vec<String>) -> PyResult<()> {
-        guarded(|| py.allow_threads(|| self.inner.add_texts(&texts)).map_err(to_py_err))
+        guarded(|| {
+            py.allow_threads(|| self.inner.add_texts(&texts))
+                .map_err(to_py_err)
+        })
     }
 
     #[pyo3(signature = (path, doc_sep = None))]
     fn add_file(&mut self, py: Python<'_>, path: PathBuf, doc_sep: Option<String>) -> PyResult<()> {
-        guarded(|| py.allow_threads(|| self.inner.add_file(&path, doc_sep.as_deref())).map_err(to_py_err))
+        guarded(|| {
+            py.allow_threads(|| self.inner.add_file(&path, doc_sep.as_deref()))
+                .map_err(to_py_err)
+        })
     }
 
     fn num_chunks(&self) -> usize {
@@ -116,11 +130,17 @@ impl PyChunkCounter {
             if max_token_length == Some(0) {
                 return Err(PyValueError::new_err("max_token_length must be at least 1"));
             }
-            let options = TrainOptions { num_merges, min_frequency, max_token_length };
+            let options = TrainOptions {
+                num_merges,
+                min_frequency,
+                max_token_length,
+            };
             let mut callback_error: Option<PyErr> = None;
             let result = py.allow_threads(|| {
                 let mut report = |done: usize| -> crate::Result<()> {
-                    let Some(callback) = &progress else { return Ok(()) };
+                    let Some(callback) = &progress else {
+                        return Ok(());
+                    };
                     Python::with_gil(|py| match callback.call1(py, (done,)) {
                         Ok(_) => Ok(()),
                         Err(e) => {
@@ -129,7 +149,11 @@ impl PyChunkCounter {
                         }
                     })
                 };
-                let chunks = self.inner.counts().iter().map(|(bytes, n)| (bytes.as_slice(), *n));
+                let chunks = self
+                    .inner
+                    .counts()
+                    .iter()
+                    .map(|(bytes, n)| (bytes.as_slice(), *n));
                 train_merges(chunks, &options, &mut report)
             });
             match (result, callback_error) {
@@ -146,7 +170,10 @@ struct PyTokenizer {
 }
 
 impl PyTokenizer {
-    fn matcher(&self, allowed: &[String]) -> PyResult<Option<Arc<crate::tokenizer::SpecialMatcher>>> {
+    fn matcher(
+        &self,
+        allowed: &[String],
+    ) -> PyResult<Option<Arc<crate::tokenizer::SpecialMatcher>>> {
         self.inner.special_matcher(allowed).map_err(to_py_err)
     }
 }
@@ -166,8 +193,12 @@ impl PyTokenizer {
             let merges: Vec<(u32, u32)> = extract_arg(merges, "merges")?;
             let specials: Vec<(String, u32)> = extract_arg(special_tokens, "special_tokens")?;
             let pattern = Pattern::parse(&pattern).map_err(to_py_err)?;
-            let inner = py.allow_threads(|| Tokenizer::new(tokens, merges, specials, pattern)).map_err(to_py_err)?;
-            Ok(PyTokenizer { inner: Arc::new(inner) })
+            let inner = py
+                .allow_threads(|| Tokenizer::new(tokens, merges, specials, pattern))
+                .map_err(to_py_err)?;
+            Ok(PyTokenizer {
+                inner: Arc::new(inner),
+            })
         })
     }
 
@@ -186,14 +217,22 @@ impl PyTokenizer {
     }
 
     fn tokens<'py>(&self, py: Python<'py>) -> Vec<(u32, Bound<'py, PyBytes>)> {
-        self.inner.tokens().iter().map(|(id, bytes)| (*id, PyBytes::new(py, bytes))).collect()
+        self.inner
+            .tokens()
+            .iter()
+            .map(|(id, bytes)| (*id, PyBytes::new(py, bytes)))
+            .collect()
     }
 
     fn special_tokens(&self) -> Vec<(String, u32)> {
         self.inner.specials().to_vec()
     }
 
-    fn token_bytes<'py>(&self, py: Python<'py>, id: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+    fn token_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        id: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         guarded(|| {
             let ids = extract_ids(&pyo3::types::PyTuple::new(py, [id])?.into_any())?;
             let bytes = self.inner.decode_bytes(ids).map_err(to_py_err)?;
@@ -202,13 +241,22 @@ impl PyTokenizer {
     }
 
     fn encode_ordinary(&self, py: Python<'_>, text: String) -> PyResult<Vec<u32>> {
-        guarded(|| py.allow_threads(|| self.inner.encode_ordinary(&text)).map_err(to_py_err))
+        guarded(|| {
+            py.allow_threads(|| self.inner.encode_ordinary(&text))
+                .map_err(to_py_err)
+        })
     }
 
-    fn encode(&self, py: Python<'_>, text: String, allowed_special: Vec<String>) -> PyResult<Vec<u32>> {
+    fn encode(
+        &self,
+        py: Python<'_>,
+        text: String,
+        allowed_special: Vec<String>,
+    ) -> PyResult<Vec<u32>> {
         guarded(|| {
             let matcher = self.matcher(&allowed_special)?;
-            py.allow_threads(|| self.inner.encode(&text, matcher.as_deref())).map_err(to_py_err)
+            py.allow_threads(|| self.inner.encode(&text, matcher.as_deref()))
+                .map_err(to_py_err)
         })
     }
 
@@ -222,7 +270,11 @@ impl PyTokenizer {
     ) -> PyResult<Vec<Vec<u32>>> {
         guarded(|| {
             let matcher = self.matcher(&allowed_special)?;
-            py.allow_threads(|| self.inner.encode_batch(&texts, matcher.as_deref(), num_threads)).map_err(to_py_err)
+            py.allow_threads(|| {
+                self.inner
+                    .encode_batch(&texts, matcher.as_deref(), num_threads)
+            })
+            .map_err(to_py_err)
         })
     }
 
@@ -235,7 +287,11 @@ impl PyTokenizer {
         guarded(|| {
             let matcher = self.matcher(&allowed_special)?;
             let bytes = py
-                .allow_threads(|| self.inner.encode(&text, matcher.as_deref()).map(|ids| le_bytes(&ids)))
+                .allow_threads(|| {
+                    self.inner
+                        .encode(&text, matcher.as_deref())
+                        .map(|ids| le_bytes(&ids))
+                })
                 .map_err(to_py_err)?;
             Ok(PyBytes::new(py, &bytes))
         })
@@ -254,8 +310,12 @@ impl PyTokenizer {
             let matcher = self.matcher(&allowed_special)?;
             let (ids, ends) = py
                 .allow_threads(|| {
-                    let (ids, ends) =
-                        self.inner.encode_batch_flat(&texts, matcher.as_deref(), num_threads, prefix_id)?;
+                    let (ids, ends) = self.inner.encode_batch_flat(
+                        &texts,
+                        matcher.as_deref(),
+                        num_threads,
+                        prefix_id,
+                    )?;
                     let ends: Vec<u8> = ends.iter().flat_map(|e| e.to_le_bytes()).collect();
                     Ok::<_, Error>((le_bytes(&ids), ends))
                 })
@@ -264,10 +324,16 @@ impl PyTokenizer {
         })
     }
 
-    fn decode_bytes<'py>(&self, py: Python<'py>, ids: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+    fn decode_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        ids: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         guarded(|| {
             let ids = extract_ids(ids)?;
-            let bytes = py.allow_threads(|| self.inner.decode_bytes(ids)).map_err(to_py_err)?;
+            let bytes = py
+                .allow_threads(|| self.inner.decode_bytes(ids))
+                .map_err(to_py_err)?;
             Ok(PyBytes::new(py, &bytes))
         })
     }
@@ -280,9 +346,13 @@ impl PyTokenizer {
                     ids.len()
                 )));
             }
-            let ids: Vec<u64> =
-                ids.chunks_exact(4).map(|b| u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))).collect();
-            let bytes = py.allow_threads(|| self.inner.decode_bytes(ids)).map_err(to_py_err)?;
+            let ids: Vec<u64> = ids
+                .chunks_exact(4)
+                .map(|b| u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+                .collect();
+            let bytes = py
+                .allow_threads(|| self.inner.decode_bytes(ids))
+                .map_err(to_py_err)?;
             Ok(PyBytes::new(py, &bytes))
         })
     }
@@ -292,7 +362,8 @@ impl PyTokenizer {
 fn recover_merges(py: Python<'_>, tokens: &Bound<'_, PyAny>) -> PyResult<Vec<(u32, u32)>> {
     guarded(|| {
         let tokens: Vec<(u32, Vec<u8>)> = extract_arg(tokens, "tokens")?;
-        py.allow_threads(|| core_recover_merges(&tokens)).map_err(to_py_err)
+        py.allow_threads(|| core_recover_merges(&tokens))
+            .map_err(to_py_err)
     })
 }
 

@@ -12,13 +12,19 @@ pub fn recover_merges(tokens: &[(u32, Vec<u8>)]) -> Result<Vec<(u32, u32)>> {
     for (id, bytes) in tokens {
         if let [b] = bytes.as_slice() {
             if byte_ids[*b as usize] != u32::MAX {
-                return Err(Error::invalid_data(format!("byte {b:02x} has two tokens"), format!("token id {id}")));
+                return Err(Error::invalid_data(
+                    format!("byte {b:02x} has two tokens"),
+                    format!("token id {id}"),
+                ));
             }
             byte_ids[*b as usize] = *id;
         }
     }
     if let Some(missing) = byte_ids.iter().position(|&id| id == u32::MAX) {
-        return Err(Error::invalid_data("no token for this single byte", format!("byte {missing:02x}")));
+        return Err(Error::invalid_data(
+            "no token for this single byte",
+            format!("byte {missing:02x}"),
+        ));
     }
     let mut longer: Vec<&(u32, Vec<u8>)> = tokens.iter().filter(|(_, b)| b.len() > 1).collect();
     longer.sort_by_key(|(id, _)| *id);
@@ -31,12 +37,18 @@ pub fn recover_merges(tokens: &[(u32, Vec<u8>)]) -> Result<Vec<(u32, u32)>> {
         let where_ = || format!("token id {id} ({})", hex(bytes));
         let [left, right] = parts[..] else {
             return Err(Error::invalid_data(
-                format!("BPE with the merges before it leaves {} parts, not 2", parts.len()),
+                format!(
+                    "BPE with the merges before it leaves {} parts, not 2",
+                    parts.len()
+                ),
                 where_(),
             ));
         };
         if !merger.push(left, right, *id) {
-            return Err(Error::invalid_data("its merge duplicates an earlier one", where_()));
+            return Err(Error::invalid_data(
+                "its merge duplicates an earlier one",
+                where_(),
+            ));
         }
         merges.push((left, right));
     }
@@ -70,9 +82,13 @@ mod tests {
 
     #[test]
     fn three_parts_is_an_error_naming_the_token() {
-        let mut tokens: Vec<(u32, Vec<u8>)> = (0..=255u8).map(|b| (u32::from(b), vec![b])).collect();
+        let mut tokens: Vec<(u32, Vec<u8>)> =
+            (0..=255u8).map(|b| (u32::from(b), vec![b])).collect();
         tokens.push((256, b"abc".to_vec()));
         let message = recover_merges(&tokens).unwrap_err().to_string();
-        assert!(message.contains("token id 256") && message.contains("3 parts"), "{message}");
+        assert!(
+            message.contains("token id 256") && message.contains("3 parts"),
+            "{message}"
+        );
     }
 }

@@ -54,7 +54,9 @@ pub struct Tokenizer {
 
 impl std::fmt::Debug for SpecialMatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SpecialMatcher").field("ids", &self.ids).finish()
+        f.debug_struct("SpecialMatcher")
+            .field("ids", &self.ids)
+            .finish()
     }
 }
 
@@ -73,7 +75,10 @@ impl Tokenizer {
         for (id, bytes) in &tokens {
             let where_ = || format!("token id {id}");
             if *id > MAX_ID {
-                return Err(Error::invalid_data(format!("id exceeds the maximum {MAX_ID}"), where_()));
+                return Err(Error::invalid_data(
+                    format!("id exceeds the maximum {MAX_ID}"),
+                    where_(),
+                ));
             }
             if previous_id == Some(*id) {
                 return Err(Error::invalid_data("duplicate id", where_()));
@@ -93,17 +98,28 @@ impl Tokenizer {
             }
         }
         if let Some(missing) = byte_ids.iter().position(|&id| id == u32::MAX) {
-            return Err(Error::invalid_data("no token for this single byte", format!("byte {missing:02x}")));
+            return Err(Error::invalid_data(
+                "no token for this single byte",
+                format!("byte {missing:02x}"),
+            ));
         }
 
-        let bytes_of: FxHashMap<u32, &[u8]> = tokens.iter().map(|(id, b)| (*id, b.as_slice())).collect();
+        let bytes_of: FxHashMap<u32, &[u8]> =
+            tokens.iter().map(|(id, b)| (*id, b.as_slice())).collect();
         let mut merger = Merger::new(byte_ids);
         let mut produced: FxHashMap<u32, usize> = FxHashMap::default();
         for (rank, &(left, right)) in merges.iter().enumerate() {
             let where_ = || format!("merge {rank} ({left}, {right})");
             let (Some(l), Some(r)) = (bytes_of.get(&left), bytes_of.get(&right)) else {
-                let unknown = if bytes_of.contains_key(&left) { right } else { left };
-                return Err(Error::invalid_data(format!("unknown token id {unknown}"), where_()));
+                let unknown = if bytes_of.contains_key(&left) {
+                    right
+                } else {
+                    left
+                };
+                return Err(Error::invalid_data(
+                    format!("unknown token id {unknown}"),
+                    where_(),
+                ));
             };
             let joined = [*l, *r].concat();
             let Some(&made) = id_of.get(joined.as_slice()) else {
@@ -139,13 +155,19 @@ impl Tokenizer {
                 return Err(Error::invalid_data("empty special token", where_()));
             }
             if *id > MAX_ID {
-                return Err(Error::invalid_data(format!("id {id} exceeds the maximum {MAX_ID}"), where_()));
+                return Err(Error::invalid_data(
+                    format!("id {id} exceeds the maximum {MAX_ID}"),
+                    where_(),
+                ));
             }
             if !special_names.insert(text) {
                 return Err(Error::invalid_data("duplicate special token", where_()));
             }
             if bytes_of.contains_key(id) || !special_ids.insert(*id) {
-                return Err(Error::invalid_data(format!("id {id} is already used"), where_()));
+                return Err(Error::invalid_data(
+                    format!("id {id} is already used"),
+                    where_(),
+                ));
             }
         }
 
@@ -160,13 +182,25 @@ impl Tokenizer {
             })
             .collect();
 
-        let max_id = tokens.iter().map(|(id, _)| *id).chain(specials.iter().map(|(_, id)| *id)).max().unwrap_or(0);
+        let max_id = tokens
+            .iter()
+            .map(|(id, _)| *id)
+            .chain(specials.iter().map(|(_, id)| *id))
+            .max()
+            .unwrap_or(0);
         let mut decode_spans = vec![(0u32, u32::MAX); max_id as usize + 1];
         let mut decode_bytes = Vec::new();
-        let entries = tokens.iter().map(|(id, b)| (*id, b.as_slice())).chain(specials.iter().map(|(t, id)| (*id, t.as_bytes())));
+        let entries = tokens
+            .iter()
+            .map(|(id, b)| (*id, b.as_slice()))
+            .chain(specials.iter().map(|(t, id)| (*id, t.as_bytes())));
         for (id, bytes) in entries {
-            let start = u32::try_from(decode_bytes.len())
-                .map_err(|_| Error::invalid_data("token bytes exceed 4 GiB in total", format!("token id {id}")))?;
+            let start = u32::try_from(decode_bytes.len()).map_err(|_| {
+                Error::invalid_data(
+                    "token bytes exceed 4 GiB in total",
+                    format!("token id {id}"),
+                )
+            })?;
             decode_spans[id as usize] = (start, bytes.len() as u32);
             decode_bytes.extend_from_slice(bytes);
         }
@@ -213,7 +247,10 @@ impl Tokenizer {
             Some(&(start, len)) if len != u32::MAX => {
                 Ok(&self.decode_bytes[start as usize..start as usize + len as usize])
             }
-            _ => Err(Error::UnknownId { id: u64::from(id), position: 0 }),
+            _ => Err(Error::UnknownId {
+                id: u64::from(id),
+                position: 0,
+            }),
         }
     }
 
@@ -243,8 +280,15 @@ impl Tokenizer {
         cache.map.insert(chunk.to_vec(), out[start..].to_vec());
     }
 
-    fn encode_ordinary_into(&self, text: &str, out: &mut Vec<u32>, cache: &mut ChunkCache) -> Result<()> {
-        self.pattern.for_each_chunk(text, &mut |chunk| self.encode_chunk(chunk.as_bytes(), out, cache))
+    fn encode_ordinary_into(
+        &self,
+        text: &str,
+        out: &mut Vec<u32>,
+        cache: &mut ChunkCache,
+    ) -> Result<()> {
+        self.pattern.for_each_chunk(text, &mut |chunk| {
+            self.encode_chunk(chunk.as_bytes(), out, cache)
+        })
     }
 
     pub fn encode_ordinary(&self, text: &str) -> Result<Vec<u32>> {
@@ -280,7 +324,9 @@ impl Tokenizer {
                 .iter()
                 .find(|(t, _)| t == text)
                 .map(|(_, id)| *id)
-                .ok_or_else(|| Error::InvalidArgument(format!("{text:?} is not a special token")))?;
+                .ok_or_else(|| {
+                    Error::InvalidArgument(format!("{text:?} is not a special token"))
+                })?;
             ids.push(id);
         }
         let finder = AhoCorasick::builder()
@@ -347,7 +393,10 @@ impl Tokenizer {
             self.token_bytes(id)?;
         }
         let per_text = self.encode_batch(texts, specials, num_threads)?;
-        let total: usize = per_text.iter().map(|ids| ids.len() + usize::from(prefix.is_some())).sum();
+        let total: usize = per_text
+            .iter()
+            .map(|ids| ids.len() + usize::from(prefix.is_some()))
+            .sum();
         let mut ids = Vec::with_capacity(total);
         let mut ends = Vec::with_capacity(per_text.len());
         for text_ids in per_text {
@@ -362,11 +411,13 @@ impl Tokenizer {
     pub fn decode_bytes(&self, ids: impl IntoIterator<Item = u64>) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         for (position, id) in ids.into_iter().enumerate() {
-            let span = usize::try_from(id).ok().and_then(|i| self.decode_spans.get(i));
+            let span = usize::try_from(id)
+                .ok()
+                .and_then(|i| self.decode_spans.get(i));
             match span {
-                Some(&(start, len)) if len != u32::MAX => {
-                    out.extend_from_slice(&self.decode_bytes[start as usize..start as usize + len as usize])
-                }
+                Some(&(start, len)) if len != u32::MAX => out.extend_from_slice(
+                    &self.decode_bytes[start as usize..start as usize + len as usize],
+                ),
                 _ => return Err(Error::UnknownId { id, position }),
             }
         }
@@ -384,16 +435,27 @@ mod tests {
     fn trained(text: &str, pattern: Pattern, merges: usize) -> Tokenizer {
         let mut counter = ChunkCounter::new(pattern.clone(), 1);
         counter.add_texts(&[text]).unwrap();
-        let options = TrainOptions { num_merges: merges, min_frequency: 1, max_token_length: None };
+        let options = TrainOptions {
+            num_merges: merges,
+            min_frequency: 1,
+            max_token_length: None,
+        };
         let counts = counter.counts().iter().map(|(b, n)| (b.as_slice(), *n));
         let merges = train_merges(counts, &options, &mut |_| Ok(())).unwrap();
-        let mut tokens: Vec<(u32, Vec<u8>)> = (0..=255u8).map(|b| (u32::from(b), vec![b])).collect();
+        let mut tokens: Vec<(u32, Vec<u8>)> =
+            (0..=255u8).map(|b| (u32::from(b), vec![b])).collect();
         for (k, &(l, r)) in merges.iter().enumerate() {
             let joined = [tokens[l as usize].1.clone(), tokens[r as usize].1.clone()].concat();
             tokens.push((256 + k as u32, joined));
         }
         let special_id = tokens.len() as u32;
-        Tokenizer::new(tokens, merges, vec![("<|endoftext|>".into(), special_id)], pattern).unwrap()
+        Tokenizer::new(
+            tokens,
+            merges,
+            vec![("<|endoftext|>".into(), special_id)],
+            pattern,
+        )
+        .unwrap()
     }
 
     fn naive_encode(tok: &Tokenizer, text: &str) -> Vec<u32> {
@@ -438,7 +500,10 @@ mod tests {
         let eot = tok.specials()[0].1;
         let texts = ["the cat", "", "mat"];
         let (ids, ends) = tok.encode_batch_flat(&texts, None, 2, Some(eot)).unwrap();
-        let separate: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode_ordinary(t).unwrap()).collect();
+        let separate: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|t| tok.encode_ordinary(t).unwrap())
+            .collect();
         assert_eq!(ends.len(), 3);
         assert_eq!(ends[2] as usize, ids.len());
         assert_eq!(ids[0], eot);
@@ -460,7 +525,11 @@ mod tests {
 
     #[test]
     fn validation_names_bad_entries() {
-        let err = |tokens, merges, specials| Tokenizer::new(tokens, merges, specials, Pattern::Gpt2).unwrap_err().to_string();
+        let err = |tokens, merges, specials| {
+            Tokenizer::new(tokens, merges, specials, Pattern::Gpt2)
+                .unwrap_err()
+                .to_string()
+        };
         let mut missing = bytes_vocab();
         missing.remove(7);
         assert!(err(missing, vec![], vec![]).contains("byte 07"));
@@ -472,7 +541,10 @@ mod tests {
         assert!(err(no_merge.clone(), vec![], vec![]).contains("made by no merge"));
         assert!(err(no_merge.clone(), vec![(97, 99)], vec![]).contains("not a token"));
         assert!(err(no_merge.clone(), vec![(97, 300)], vec![]).contains("unknown token id 300"));
-        assert!(err(no_merge.clone(), vec![(97, 98)], vec![("<s>".into(), 256)]).contains("already used"));
+        assert!(
+            err(no_merge.clone(), vec![(97, 98)], vec![("<s>".into(), 256)])
+                .contains("already used")
+        );
         assert!(err(no_merge, vec![(97, 98), (97, 98)], vec![]).contains("merge 1"));
     }
 
@@ -480,9 +552,14 @@ mod tests {
     fn gpt2_files_encode_known_text() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/bpe_fast/gpt2");
         let encoder: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("encoder.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(dir.join("encoder.json")).unwrap())
+                .unwrap();
         // GPT-2 stores bytes as printable unicode characters; invert that mapping.
-        let mut printable: Vec<u32> = (b'!'..=b'~').chain(0xA1..=0xAC).chain(0xAE..=0xFF).map(u32::from).collect();
+        let mut printable: Vec<u32> = (b'!'..=b'~')
+            .chain(0xA1..=0xAC)
+            .chain(0xAE..=0xFF)
+            .map(u32::from)
+            .collect();
         let mut to_byte: FxHashMap<char, u8> = FxHashMap::default();
         let mut extra = 0;
         for b in 0..=255u32 {
@@ -516,11 +593,26 @@ mod tests {
                 (id_of[&decode(a)], id_of[&decode(b)])
             })
             .collect();
-        let tok = Tokenizer::new(tokens, merges, vec![("<|endoftext|>".into(), 50256)], Pattern::Gpt2).unwrap();
+        let tok = Tokenizer::new(
+            tokens,
+            merges,
+            vec![("<|endoftext|>".into(), 50256)],
+            Pattern::Gpt2,
+        )
+        .unwrap();
         // Known GPT-2 ids (tiktoken's gpt2 encoding).
-        assert_eq!(tok.encode_ordinary("Hello world").unwrap(), vec![15496, 995]);
+        assert_eq!(
+            tok.encode_ordinary("Hello world").unwrap(),
+            vec![15496, 995]
+        );
         let matcher = tok.special_matcher(&["<|endoftext|>".to_string()]).unwrap();
-        assert_eq!(tok.encode("<|endoftext|>", matcher.as_deref()).unwrap(), vec![50256]);
-        assert_eq!(crate::recover::recover_merges(tok.tokens()).unwrap(), tok.merges());
+        assert_eq!(
+            tok.encode("<|endoftext|>", matcher.as_deref()).unwrap(),
+            vec![50256]
+        );
+        assert_eq!(
+            crate::recover::recover_merges(tok.tokens()).unwrap(),
+            tok.merges()
+        );
     }
 }

@@ -50,8 +50,13 @@ struct Arena {
 
 impl Arena {
     fn build<'a>(chunks: impl IntoIterator<Item = (&'a [u8], u64)>) -> Result<Arena> {
-        let mut arena =
-            Arena { symbol: Vec::new(), prev: Vec::new(), next: Vec::new(), chunk: Vec::new(), weight: Vec::new() };
+        let mut arena = Arena {
+            symbol: Vec::new(),
+            prev: Vec::new(),
+            next: Vec::new(),
+            chunk: Vec::new(),
+            weight: Vec::new(),
+        };
         for (bytes, count) in chunks {
             // Single bytes and unused chunks hold no pair: leaving them out changes no count.
             if bytes.len() < 2 || count == 0 {
@@ -60,7 +65,8 @@ impl Arena {
             let start = arena.symbol.len();
             if start + bytes.len() >= NONE as usize || arena.weight.len() >= NONE as usize {
                 return Err(Error::InvalidArgument(
-                    "distinct chunks exceed 4 GiB; train on less data or use a splitting pattern".into(),
+                    "distinct chunks exceed 4 GiB; train on less data or use a splitting pattern"
+                        .into(),
                 ));
             }
             let chunk_index = arena.weight.len() as u32;
@@ -69,7 +75,9 @@ impl Arena {
                 let pos = (start + i) as u32;
                 arena.symbol.push(u32::from(b));
                 arena.prev.push(if i == 0 { NONE } else { pos - 1 });
-                arena.next.push(if i + 1 == bytes.len() { NONE } else { pos + 1 });
+                arena
+                    .next
+                    .push(if i + 1 == bytes.len() { NONE } else { pos + 1 });
                 arena.chunk.push(chunk_index);
             }
         }
@@ -78,27 +86,59 @@ impl Arena {
 }
 
 /// Pair counts plus the positions where each pair may occur and a heap of (count, pair) entries.
+/// Both live in one slot per pair, found through one hash lookup.
 struct PairStats {
-    count: FxHashMap<PairKey, u64>,
-    places: FxHashMap<PairKey, Vec<u32>>,
+    slot_of: FxHashMap<PairKey, u32>,
+    slots: Vec<PairSlot>,
     heap: BinaryHeap<(u64, Reverse<PairKey>)>,
 }
 
+#[derive(Default)]
+struct PairSlot {
+    count: u64,
+    places: Vec<u32>,
+}
+
 impl PairStats {
+    fn slot(&mut self, pair: PairKey) -> &mut PairSlot {
+        let next = self.slots.len() as u32;
+        let index = *self.slot_of.entry(pair).or_insert(next);
+        if index == next {
+            self.slots.push(PairSlot::default());
+        }
+        &mut self.slots[index as usize]
+    }
+
     fn add(&mut self, pair: PairKey, weight: u64, place: u32) {
-        *self.count.entry(pair).or_insert(0) += weight;
-        self.places.entry(pair).or_default().push(place);
+        let slot = self.slot(pair);
+        slot.count += weight;
+        slot.places.push(place);
     }
 
     fn remove(&mut self, pair: PairKey, weight: u64) {
-        if let Some(count) = self.count.get_mut(&pair) {
+        if let Some(&index) = self.slot_of.get(&pair) {
+            let count = &mut self.slots[index as usize].count;
             // Counts are exact, so this never goes below zero; saturate rather than trust that.
             *count = count.saturating_sub(weight);
         }
     }
 
     fn live(&self, pair: PairKey) -> u64 {
-        self.count.get(&pair).copied().unwrap_or(0)
+        self.slot_of
+            .get(&pair)
+            .map_or(0, |&index| self.slots[index as usize].count)
+    }
+
+    /// Takes the merged pair's places out and zeroes its count (every occurrence gets replaced).
+    fn take(&mut self, pair: PairKey) -> Vec<u32> {
+        match self.slot_of.get(&pair) {
+            Some(&index) => {
+                let slot = &mut self.slots[index as usize];
+                slot.count = 0;
+                std::mem::take(&mut slot.places)
+            }
+            None => Vec::new(),
+        }
     }
 }
 
@@ -119,19 +159,27 @@ pub fn train_merges<'a>(
         token_len[l as usize] + token_len[r as usize] <= max_len
     };
 
-    let mut stats = PairStats { count: FxHashMap::default(), places: FxHashMap::default(), heap: BinaryHeap::new() };
+    let mut stats = PairStats {
+        slot_of: FxHashMap::default(),
+        slots: Vec::new(),
+        heap: BinaryHeap::new(),
+    };
     for pos in 0..arena.symbol.len() {
         let next = arena.next[pos];
         if next != NONE {
             let weight = arena.weight[arena.chunk[pos] as usize];
-            stats.add(key(arena.symbol[pos], arena.symbol[next as usize]), weight, pos as u32);
+            stats.add(
+                key(arena.symbol[pos], arena.symbol[next as usize]),
+                weight,
+                pos as u32,
+            );
         }
     }
     let mut initial: Vec<(u64, Reverse<PairKey>)> = stats
-        .count
+        .slot_of
         .iter()
         .filter(|(&pair, _)| fits(&token_len, pair))
-        .map(|(&pair, &count)| (count, Reverse(pair)))
+        .map(|(&pair, &index)| (stats.slots[index as usize].count, Reverse(pair)))
         .collect();
     initial.sort_unstable();
     stats.heap = BinaryHeap::from(initial);
@@ -139,7 +187,9 @@ pub fn train_merges<'a>(
     let mut merges: Vec<(u32, u32)> = Vec::new();
     let mut touched: Vec<PairKey> = Vec::new();
     while merges.len() < options.num_merges {
-        let Some((count, Reverse(pair))) = stats.heap.pop() else { break };
+        let Some((count, Reverse(pair))) = stats.heap.pop() else {
+            break;
+        };
         let live = stats.live(pair);
         if live != count {
             // Stale entry: the pair's count changed since it was pushed.
@@ -157,11 +207,13 @@ pub fn train_merges<'a>(
         merges.push((left, right));
         token_len.push(token_len[left as usize] + token_len[right as usize]);
 
-        let mut places = stats.places.remove(&pair).unwrap_or_default();
+        let mut places = stats.take(pair);
         // Arena order is chunk order then position order, so sorting gives the left-to-right
-        // scan of every chunk that the naive algorithm does.
-        places.sort_unstable();
-        places.dedup();
+        // scan of every chunk that the naive algorithm does. Lists are often sorted already.
+        if !places.is_sorted() {
+            places.sort_unstable();
+            places.dedup();
+        }
         touched.clear();
         for &pos in &places {
             let p = pos as usize;
@@ -194,15 +246,11 @@ pub fn train_merges<'a>(
             arena.next[p] = after;
             arena.symbol[q as usize] = NONE;
         }
-        // Every occurrence was replaced, so the merged pair no longer occurs anywhere.
-        stats.count.remove(&pair);
         touched.sort_unstable();
         touched.dedup();
         for &created in &touched {
             let live = stats.live(created);
-            if live == 0 {
-                stats.count.remove(&created);
-            } else if fits(&token_len, created) {
+            if live > 0 && fits(&token_len, created) {
                 stats.heap.push((live, Reverse(created)));
             }
         }
@@ -225,8 +273,10 @@ pub(crate) mod naive {
         min_frequency: u64,
         max_len: Option<usize>,
     ) -> Vec<(u32, u32)> {
-        let mut seqs: Vec<(Vec<u32>, u64)> =
-            chunks.iter().map(|(b, n)| (b.iter().map(|&x| u32::from(x)).collect(), *n)).collect();
+        let mut seqs: Vec<(Vec<u32>, u64)> = chunks
+            .iter()
+            .map(|(b, n)| (b.iter().map(|&x| u32::from(x)).collect(), *n))
+            .collect();
         let mut lengths: Vec<usize> = vec![1; 256];
         let mut merges = Vec::new();
         while merges.len() < num_merges {
@@ -238,7 +288,8 @@ pub(crate) mod naive {
             }
             let mut best: Option<((u32, u32), u64)> = None;
             for (&pair, &count) in &counts {
-                let fits = max_len.is_none_or(|m| lengths[pair.0 as usize] + lengths[pair.1 as usize] <= m);
+                let fits = max_len
+                    .is_none_or(|m| lengths[pair.0 as usize] + lengths[pair.1 as usize] <= m);
                 // BTreeMap iterates pairs in increasing order, so strict > keeps the smallest on ties.
                 if fits && count > 0 && best.is_none_or(|(_, c)| count > c) {
                     best = Some((pair, count));
@@ -275,33 +326,63 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn fast(chunks: &[(Vec<u8>, u64)], n: usize, min_f: u64, max_len: Option<usize>) -> Vec<(u32, u32)> {
-        let options = TrainOptions { num_merges: n, min_frequency: min_f, max_token_length: max_len };
-        train_merges(chunks.iter().map(|(b, c)| (b.as_slice(), *c)), &options, &mut |_| Ok(())).unwrap()
+    fn fast(
+        chunks: &[(Vec<u8>, u64)],
+        n: usize,
+        min_f: u64,
+        max_len: Option<usize>,
+    ) -> Vec<(u32, u32)> {
+        let options = TrainOptions {
+            num_merges: n,
+            min_frequency: min_f,
+            max_token_length: max_len,
+        };
+        train_merges(
+            chunks.iter().map(|(b, c)| (b.as_slice(), *c)),
+            &options,
+            &mut |_| Ok(()),
+        )
+        .unwrap()
     }
 
     #[test]
     fn overlapping_runs_count_twice_and_merge_left_to_right() {
         let chunks = vec![(b"aaa".to_vec(), 1), (b"aaaa".to_vec(), 1)];
-        assert_eq!(fast(&chunks, 10, 1, None), naive::train(&chunks, 10, 1, None));
+        assert_eq!(
+            fast(&chunks, 10, 1, None),
+            naive::train(&chunks, 10, 1, None)
+        );
         // (a,a) occurs 2 + 3 times; after it "Xa" and "XX".
         assert_eq!(fast(&chunks, 10, 1, None)[0], (97, 97));
     }
 
     #[test]
     fn ties_go_to_the_smallest_pair_and_min_frequency_stops() {
-        let chunks = vec![(b"ba".to_vec(), 2), (b"ab".to_vec(), 2), (b"cd".to_vec(), 1)];
-        assert_eq!(fast(&chunks, 10, 1, None), vec![(97, 98), (98, 97), (99, 100)]);
+        let chunks = vec![
+            (b"ba".to_vec(), 2),
+            (b"ab".to_vec(), 2),
+            (b"cd".to_vec(), 1),
+        ];
+        assert_eq!(
+            fast(&chunks, 10, 1, None),
+            vec![(97, 98), (98, 97), (99, 100)]
+        );
         assert_eq!(fast(&chunks, 10, 2, None), vec![(97, 98), (98, 97)]);
     }
 
     #[test]
     fn progress_error_stops_training() {
         let chunks: Vec<(Vec<u8>, u64)> = vec![(b"abcdefgh".repeat(100), 1)];
-        let options = TrainOptions { num_merges: 1000, min_frequency: 1, max_token_length: None };
-        let result = train_merges(chunks.iter().map(|(b, c)| (b.as_slice(), *c)), &options, &mut |_| {
-            Err(Error::Interrupted)
-        });
+        let options = TrainOptions {
+            num_merges: 1000,
+            min_frequency: 1,
+            max_token_length: None,
+        };
+        let result = train_merges(
+            chunks.iter().map(|(b, c)| (b.as_slice(), *c)),
+            &options,
+            &mut |_| Err(Error::Interrupted),
+        );
         assert!(matches!(result, Err(Error::Interrupted)));
     }
 
