@@ -21,15 +21,31 @@ GPT2_VOCAB_SIZE = 50257
 
 
 def tiny_model(
-    arch: str, seed: int = 0, n_layer: int = 2, n_embd: int = 32, n_head: int = 2, context: int = 256
+    arch: str,
+    seed: int = 0,
+    n_layer: int = 2,
+    n_embd: int = 32,
+    n_head: int = 2,
+    context: int = 256,
+    dropout: float = 0.0,
 ):
-    """A tiny model of the given architecture ('gpt2' or 'llama') over GPT-2's vocabulary."""
+    """A tiny model of the given architecture ('gpt2' or 'llama') over GPT-2's vocabulary.
+
+    Dropout defaults to 0 so that runs are exactly reproducible whatever the batch layout.
+    """
     torch.manual_seed(seed)
     if arch == "gpt2":
         from transformers import GPT2Config, GPT2LMHeadModel
 
         config = GPT2Config(
-            vocab_size=GPT2_VOCAB_SIZE, n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=context
+            vocab_size=GPT2_VOCAB_SIZE,
+            n_layer=n_layer,
+            n_head=n_head,
+            n_embd=n_embd,
+            n_positions=context,
+            resid_pdrop=dropout,
+            embd_pdrop=dropout,
+            attn_pdrop=dropout,
         )
         return GPT2LMHeadModel(config)
     if arch == "llama":
@@ -46,6 +62,7 @@ def tiny_model(
             bos_token_id=GPT2_VOCAB_SIZE - 1,
             eos_token_id=GPT2_VOCAB_SIZE - 1,
             tie_word_embeddings=True,
+            attention_dropout=dropout,
         )
         return LlamaForCausalLM(config)
     raise ValueError(f"unknown tiny architecture {arch!r}; expected 'gpt2' or 'llama'")
