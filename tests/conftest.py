@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import strategies as st
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -15,6 +16,18 @@ except ImportError:
     sys.path.insert(0, str(REPO / "python"))
 
 CORPORA = REPO / "data" / "corpora"
+
+# Text for property tests. Python's `regex` module classifies characters by Unicode 17, the Rust core (like
+# tiktoken) by an older Unicode: ~17k newly assigned code points (\p{L}, \p{N}) and U+0295 (Lo -> Ll) are
+# classified differently. Those are excluded here; test_train_exact checks the assigned rest agree.
+UNICODE_VERSION_SENSITIVE = "\u0295"
+STABLE_CHARACTERS = st.characters(
+    exclude_categories=("Cs", "Cn"), exclude_characters=UNICODE_VERSION_SENSITIVE
+)
+
+
+def stable_text(max_size: int):
+    return st.text(alphabet=STABLE_CHARACTERS, max_size=max_size)
 
 
 def corpus_slice(name: str, chars: int, start: int = 0) -> str:

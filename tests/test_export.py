@@ -120,10 +120,13 @@ def test_hf_gpt2_export_matches_gpt2(tmp_path):
     assert hf.encode(text).ids == gpt2.encode(text)
 
 
-def test_hf_custom_regex_drops_unmatched_text_like_us(tmp_path):
+def test_custom_regex_with_gaps_exports_exactly(tmp_path):
+    # The regex leaves capitals, digits, punctuation and CJK unmatched: we keep that text as chunks.
     tok = train_quietly([CORPUS], 350, pattern=r"[a-z]+| ")
+    assert tok.decode(tok.encode_ordinary(PROBE)) == PROBE
     _, hf = hf_tokenizer(tok, tmp_path)
     assert hf.encode(PROBE).ids == tok.encode(PROBE, allowed_special="all")
+    assert export.to_tiktoken(tok).encode_ordinary(PROBE) == tok.encode_ordinary(PROBE)
 
 
 def test_export_formats_write_loadable_files(tmp_path, trained):

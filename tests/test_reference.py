@@ -7,7 +7,7 @@ from bpe_fast import reference
 from bpe_fast.gpt2_files import read_gpt2_files
 from bpe_fast.patterns import GPT2_PATTERN, canonical_pattern, split_text
 from bpe_fast.tokenizer import bundled_gpt2_paths
-from conftest import corpus_slice
+from conftest import corpus_slice, stable_text
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -126,7 +126,7 @@ def test_reference_encodes_like_tiktoken_gpt2(name, reference_gpt2, tiktoken_gpt
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.text(max_size=40))
+@given(stable_text(40))
 def test_reference_gpt2_matches_tiktoken_on_any_text(reference_gpt2, tiktoken_gpt2, text):
     assert reference_gpt2.encode_ordinary(text) == tiktoken_gpt2.encode_ordinary(text)
 
@@ -141,6 +141,12 @@ def test_gpt2_chunks_cover_the_text(text):
 
 def test_split_uses_whole_matches_even_with_groups():
     assert split_text(r"(a)b|c", "abcab") == ["ab", "c", "ab"]
+
+
+def test_split_keeps_text_between_matches_and_skips_empty_matches():
+    assert split_text(r"[a-z]+", "Ab, cd!EF") == ["A", "b", ", ", "cd", "!EF"]
+    assert split_text(r"x*", "abxxc") == ["ab", "xx", "c"]
+    assert split_text("raw", "") == [] and split_text("gpt2", "") == []
 
 
 def test_unknown_pattern_that_is_not_a_regex_is_a_value_error():

@@ -5,13 +5,14 @@ from __future__ import annotations
 import bpe_fast
 import pytest
 from bpe_fast import reference
-from conftest import corpus_slice
+from conftest import corpus_slice, stable_text
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 pytestmark = pytest.mark.filterwarnings("ignore:training stopped")
 
 CUSTOM_REGEX = r"\w+|\s+|[^\w\s]+"
+GAPPY_REGEX = r"[a-z]+| ?\p{Han}"  # leaves capitals, digits, punctuation as text between matches
 MIXED = (
     "POSTGRADUATE MANUAL OF PEKING UNIVERSITY\n\n研究生手册：博士研究生、硕士研究生的培养。\n\n"
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
@@ -32,7 +33,7 @@ def assert_same_training(documents, vocab_size, **options):
     return ours
 
 
-@pytest.mark.parametrize("pattern", ["gpt2", "gpt4", "o200k", "raw", CUSTOM_REGEX])
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4", "o200k", "raw", CUSTOM_REGEX, GAPPY_REGEX])
 @pytest.mark.parametrize("vocab_size", [256, 300, 520])
 def test_every_pattern_and_size(pattern, vocab_size):
     assert_same_training([MIXED, MIXED[::-1]], vocab_size, pattern=pattern)
@@ -98,7 +99,7 @@ DOCUMENTS = st.lists(st.lists(ALPHABET, max_size=60).map("".join), min_size=1, m
 @given(
     documents=DOCUMENTS,
     vocab_size=st.integers(256, 330),
-    pattern=st.sampled_from(["gpt2", "gpt4", "o200k", "raw", CUSTOM_REGEX]),
+    pattern=st.sampled_from(["gpt2", "gpt4", "o200k", "raw", CUSTOM_REGEX, GAPPY_REGEX]),
     min_frequency=st.integers(1, 3),
     max_token_length=st.one_of(st.none(), st.integers(1, 6)),
     special_count=st.integers(0, 2),
@@ -114,6 +115,36 @@ def test_hypothesis_corpora(documents, vocab_size, pattern, min_frequency, max_t
         min_frequency=min_frequency,
         max_token_length=max_token_length,
     )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    text=st.one_of(stable_text(50), DOCUMENTS.map("".join)),
+    pattern=st.sampled_from(["gpt2", "gpt4", "o200k", "raw", CUSTOM_REGEX, GAPPY_REGEX, r"x*", r"(a)b|c"]),
+)
+def test_rust_pre_tokenizer_splits_like_python_regex(text, pattern):
+    from bpe_fast import _core
+    from bpe_fast.patterns import canonical_pattern, split_text
+
+    assert _core.split(canonical_pattern(pattern), text) == split_text(pattern, text)
+
+
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4", "o200k"])
+def test_rust_and_python_regex_agree_on_every_assigned_character(pattern):
+    import unicodedata
+
+    from bpe_fast import _core
+    from bpe_fast.patterns import split_text
+    from conftest import UNICODE_VERSION_SENSITIVE
+
+    assigned = [
+        chr(c)
+        for c in range(0x110000)
+        if unicodedata.category(chr(c)) not in ("Cs", "Cn") and chr(c) not in UNICODE_VERSION_SENSITIVE
+    ]
+    for separator in ("", " ", "a", "1", "'s "):
+        text = separator.join(assigned)
+        assert _core.split(pattern, text) == split_text(pattern, text), separator
 
 
 @pytest.mark.parametrize("pattern", ["gpt2", "raw"])

@@ -21,7 +21,7 @@ from typing import Any, Optional, Union
 
 from ._atomic import atomic_write_text
 from .gpt2_files import bytes_to_gpt2_text
-from .patterns import RAW, pattern_regex
+from .patterns import PATTERNS, RAW, pattern_regex
 from .tokenizer import Tokenizer
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -54,8 +54,16 @@ def _check_rank_order(tok: Tokenizer) -> None:
 
 
 def tiktoken_pattern(tok: Tokenizer) -> str:
+    """The regex tiktoken needs to cut text into our chunks."""
     expression = pattern_regex(tok.pattern)
-    return _WHOLE_TEXT if expression is None else expression
+    if expression is None:
+        return _WHOLE_TEXT
+    if tok.pattern in PATTERNS:
+        return expression  # tiktoken's own patterns match every character: no gaps to cover
+    # tiktoken drops text its regex does not match, while we keep the text between matches as chunks.
+    # The second alternative takes exactly such a gap: characters up to the next place the regex matches.
+    # (Exact unless the custom regex can match the empty string, which only a pathological pattern does.)
+    return f"(?:{expression})|(?:(?!(?:{expression}))[\\s\\S])+"
 
 
 def mergeable_ranks(tok: Tokenizer) -> dict[bytes, int]:
@@ -113,9 +121,8 @@ def hf_tokenizer_json(tok: Tokenizer) -> dict[str, Any]:
     if expression is None:
         pre_tokenizer: dict[str, Any] = byte_level
     else:
-        # Split with invert=True + "Removed": the regex's matches are the chunks and any text it does not
-        # match is dropped, as our pre-tokenizer (and tiktoken) do.
-        split = {"type": "Split", "pattern": {"Regex": expression}, "behavior": "Removed", "invert": True}
+        # "Isolated": the regex's matches are chunks and so is any text between them, as in our pre-tokenizer.
+        split = {"type": "Split", "pattern": {"Regex": expression}, "behavior": "Isolated", "invert": False}
         pre_tokenizer = {"type": "Sequence", "pretokenizers": [split, byte_level]}
     added_tokens = [
         {

@@ -84,10 +84,22 @@ def pattern_regex(pattern: str) -> str | None:
 def split_text(pattern: str, text: str) -> list[str]:
     """The pre-tokenizer's chunks of `text` under `pattern` (pure Python; "raw" gives the text itself).
 
-    Like tiktoken, chunks are the regex's matches; empty matches are dropped since they carry no bytes.
+    Chunks are the regex's non-empty matches and, for a custom regex that does not match everything, the
+    text between matches too, so no text is ever dropped and decode(encode(s)) == s holds for every
+    pattern. (tiktoken's patterns match every character, so for them the chunks are just the matches.)
     """
     expression = pattern_regex(pattern)
     if expression is None:
         return [text] if text else []
-    # finditer + group(0), not findall: a custom regex with groups would make findall return the groups.
-    return [match.group(0) for match in regex.finditer(expression, text) if match.group(0)]
+    chunks: list[str] = []
+    position = 0
+    for match in regex.finditer(expression, text):
+        if match.end() == match.start():
+            continue  # an empty match carries no bytes; the text around it stays one gap
+        if match.start() > position:
+            chunks.append(text[position : match.start()])
+        chunks.append(match.group(0))  # group(0), not groups: a custom regex may have groups
+        position = match.end()
+    if position < len(text):
+        chunks.append(text[position:])
+    return chunks
