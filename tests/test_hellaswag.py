@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import urllib.error
 from pathlib import Path
 
@@ -16,7 +14,6 @@ from gpt import hellaswag
 from gpt.model import GPT, GPTConfig
 
 FIXTURE = Path(__file__).parent / "data" / "hellaswag_tiny.jsonl"
-REPO = Path(__file__).resolve().parent.parent
 REAL_VOCAB = 100
 
 
@@ -302,35 +299,28 @@ def gpt2_tokenizer_or_skip():
         pytest.skip(f"bpe_fast not usable: {e}")
 
 
-def subprocess_env() -> dict:
-    """The environment for `python -m gpt...` children: the bpe_fast this test process imported."""
-    import bpe_fast
-
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(Path(bpe_fast.__file__).parent.parent), env.get("PYTHONPATH")])
-    )
-    return env
-
-
-def test_cli_end_to_end_with_gpt2_tokenizer(tmp_path):
-    gpt2_tokenizer_or_skip()
+def test_cli_end_to_end_with_gpt2_tokenizer(tmp_path, capsys):
+    """The real GPT-2 tokenizer (bpe_fast) on a tiny model with GPT-2's vocabulary, in-process."""
+    tokenizer = gpt2_tokenizer_or_skip()
     torch.manual_seed(0)
     model = GPT(
         GPTConfig(block_size=128, vocab_size=50304, real_vocab_size=50257, n_layer=1, n_head=2, n_embd=16)
     )
     model.save_hf(tmp_path / "hf")
-    result = subprocess.run(
-        [sys.executable, "-m", "gpt.hellaswag", "--model", str(tmp_path / "hf"), "--hellaswag", str(FIXTURE)]
-        + ["--device", "cpu", "--tokenizer", "gpt2"],
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "/10 =" in result.stdout
+    argv = [
+        "--model",
+        str(tmp_path / "hf"),
+        "--hellaswag",
+        str(FIXTURE),
+        "--device",
+        "cpu",
+        "--tokenizer",
+        "gpt2",
+    ]
+    assert hellaswag.main(argv) == 0
+    printed = capsys.readouterr().out
+    correct, total = hellaswag.evaluate(model.eval(), FIXTURE, tokenizer, limit=4)
+    assert f"{correct}/{total} =" in printed and total == 4
 
 
 @pytest.mark.skipif(
