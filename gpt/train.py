@@ -354,6 +354,9 @@ def _train(cfg: TrainConfig, ddp: bool, rank: int, world: int, master: bool, dev
             tokenizer_sha256=tokenizer_sha256(tok_spec) if tok is not None or cfg.tokenizer else None,
         )
     id_limit = real_vocab or vocab_size
+    tokenizer_record = None
+    if manifest is not None or cfg.tokenizer or tok is not None:
+        tokenizer_record = {"spec": tok_spec, "vocab_size": real_vocab, "eot_id": recorded.get("eot_id")}
     eot = recorded.get("eot_id")
     if eot is None and cfg.shuffle:
         eot = eot_id(tok)  # document boundaries for shuffling
@@ -456,6 +459,8 @@ def _train(cfg: TrainConfig, ddp: bool, rank: int, world: int, master: bool, dev
                 "tokens_seen": step * cfg.total_batch_size,
                 "config": config_to_dict(cfg),
                 "model_config": model_cfg,
+                # What gpt.sample/gpt.export decode with; None when nothing said which tokenizer made the shards.
+                "tokenizer": tokenizer_record,
                 "loader": train_loader.state_dict(),
                 "rng": states,
                 "world_size": world,

@@ -279,6 +279,7 @@ def test_manifest_sets_the_vocab_when_unset(tmp_path):
     assert status == 0
     meta = json.loads((out / "ckpt_0000001" / "meta.json").read_text())
     assert meta["model_config"]["vocab_size"] == 64 and meta["model_config"]["real_vocab_size"] == 60
+    assert meta["tokenizer"] == {"spec": "gpt2", "vocab_size": 60, "eot_id": 0}  # as the manifest says
 
 
 # ------------------------------------------------------------------------------------------ config
