@@ -307,17 +307,8 @@ def test_cli_end_to_end_with_gpt2_tokenizer(tmp_path, capsys):
         GPTConfig(block_size=128, vocab_size=50304, real_vocab_size=50257, n_layer=1, n_head=2, n_embd=16)
     )
     model.save_hf(tmp_path / "hf")
-    argv = [
-        "--model",
-        str(tmp_path / "hf"),
-        "--hellaswag",
-        str(FIXTURE),
-        "--device",
-        "cpu",
-        "--tokenizer",
-        "gpt2",
-    ]
-    assert hellaswag.main(argv) == 0
+    argv = ["--model", str(tmp_path / "hf"), "--hellaswag", str(FIXTURE), "--tokenizer", "gpt2"]
+    assert hellaswag.main(argv + ["--device", "cpu", "--limit", "4"]) == 0
     printed = capsys.readouterr().out
     correct, total = hellaswag.evaluate(model.eval(), FIXTURE, tokenizer, limit=4)
     assert f"{correct}/{total} =" in printed and total == 4
