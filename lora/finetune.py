@@ -355,10 +355,15 @@ def finetune_model(
                 window_loss += float(loss.detach())
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
-            scale_before = scaler.get_scale() if scaler.is_enabled() else 1.0
-            scaler.step(optimizer)  # skipped by the scaler when fp16 gradients overflowed
-            scaler.update()
-            if scaler.is_enabled() and scaler.get_scale() < scale_before:
+            finite = bool(torch.isfinite(grad_norm))
+            if scaler.is_enabled():
+                scaler.step(optimizer)  # the scaler itself skips the update when fp16 gradients overflowed
+                scaler.update()  # ... and lowers the loss scale for the next step
+            elif finite:
+                optimizer.step()
+            if not finite:
+                # A non-finite gradient (fp16 overflow, or a bf16/fp32 blow-up) would turn the LoRA weights
+                # into NaN for good: the step is skipped instead, and counted in run.json.
                 skipped_steps += 1
             optimizer.zero_grad(set_to_none=True)
             lr = optimizer.param_groups[0]["lr"]
@@ -412,7 +417,7 @@ def finetune_model(
         "eval_samples": len(eval_examples),
         "dropped_rows": {"train": train_dropped, "eval": eval_dropped},
         "steps": step,
-        "skipped_steps_fp16_overflow": skipped_steps,
+        "skipped_steps_nonfinite_grad": skipped_steps,
         "final_train_loss": history[-1]["loss"] if history else float("nan"),
         "last_epoch_mean_train_loss": sum(last_losses) / len(last_losses) if history else float("nan"),
         "heldout_loss_before": loss_before,

@@ -54,6 +54,7 @@ def test_evaluate_table_and_losses(tiny_gpt2, adapter, tmp_path):
         loss_samples=3,
         max_length=48,
         max_new_tokens=2,
+        device_name="cpu",
         log=lambda _: None,
     )
     assert result["columns"] == ["Foundation model", "Noisy"]

@@ -30,6 +30,7 @@ def settings_for(model, out, **overrides):
     args = ["--model", str(model), "--out", str(out)]
     args += ["--data", "alpaca-sample", "--max-samples", "32", "--eval-samples", "8", "--max-length", "64"]
     args += ["--batch-size", "4", "--lr", "3e-2", "--r", "4", "--alpha", "8", "--probe-tokens", "3"]
+    args += ["--device", "cpu"]  # the equality checks below compare against CPU models
     settings = finetune.resolve_settings(finetune.build_parser().parse_args(args))
     settings.update(overrides)
     return settings
@@ -175,3 +176,24 @@ def test_help_lists_every_flag(capsys):
                  "--batch-size", "--grad-accum", "--max-samples", "--max-length", "--precision", "--clip",
                  "--preset", "--logdir", "--out", "--eval-samples"):  # fmt: skip
         assert flag in text
+
+
+def test_non_finite_gradient_skips_the_step(tiny_gpt2, tmp_path, monkeypatch):
+    # Poison the first training window's loss: that step must be skipped, not turn the adapter into NaN.
+    real = finetune.loss_sum_and_count
+    calls = {"training": 0}
+
+    def poisoned(model, batch):
+        loss, count = real(model, batch)
+        if model.training:
+            calls["training"] += 1
+            if calls["training"] == 1:
+                loss = loss * float("nan")
+        return loss, count
+
+    monkeypatch.setattr(finetune, "loss_sum_and_count", poisoned)
+    settings = settings_for(tiny_gpt2, tmp_path / "nan", max_samples=8, eval_samples=2, probe_tokens=0)
+    model, _, summary = finetune.finetune_model(settings, progress=False, log=lambda _: None)
+    assert summary["steps"] == 2 and summary["skipped_steps_nonfinite_grad"] == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert torch.isfinite(torch.tensor(summary["heldout_loss_after"]))

@@ -24,7 +24,7 @@ def sweep_args(model, out, *extra):
     # Each run: 4 training samples in 2 steps, 2 held-out samples, 2 probe tokens.
     argv = ["--model", str(model), "--out", str(out), "--data", "alpaca-sample", "--max-samples", "4"]
     argv += ["--eval-samples", "2", "--batch-size", "2", "--max-length", "48", "--probe-tokens", "2"]
-    argv += ["--lr", "3e-2", *extra]
+    argv += ["--lr", "3e-2", "--device", "cpu", *extra]
     return sweep.build_parser().parse_args(argv)
 
 
