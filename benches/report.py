@@ -904,6 +904,11 @@ def main(argv=None) -> int:
     targets = evaluate_targets(results, cfg)
     info["load average at end (1, 5, 15 min)"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     info["report wall time"] = f"{(time.perf_counter() - started) / 60:.1f} min"
+    if _extension_stamp() != info["bpe_fast extension"]:
+        # Training workers load the extension afresh: a rebuild mid-run mixes two builds in one table.
+        info["bpe_fast extension"] += (
+            f"; REBUILT DURING THE RUN, now {_extension_stamp()}: results mix builds"
+        )
     out_path = args.out.resolve()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write_text(out_path, render_markdown(results, cfg, command, info, targets) + "\n")
