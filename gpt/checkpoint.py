@@ -116,6 +116,23 @@ def list_checkpoints(out_dir: str | os.PathLike) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def remove_partial_checkpoints(out_dir: str | os.PathLike) -> list[Path]:
+    """Deletes what interrupted writes left (`.tmp-ckpt_*`, `.old-ckpt_*`); returns what was removed.
+
+    Only for the one process that owns `out_dir` (the trainer's rank 0, at start): a concurrent
+    writer's temporary folder would be removed too.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    leftovers = [
+        p for p in out_dir.iterdir() if p.is_dir() and p.name.startswith((".tmp-ckpt_", ".old-ckpt_"))
+    ]
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+    return leftovers
+
+
 def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     """The complete checkpoint with the highest step, or None."""
     found = list_checkpoints(out_dir)

@@ -30,6 +30,7 @@ from gpt.checkpoint import (  # noqa: E402
     b64_to_tensor,
     latest_checkpoint,
     load_checkpoint,
+    remove_partial_checkpoints,
     save_checkpoint,
     tensor_to_b64,
 )
@@ -403,6 +404,9 @@ def _train(cfg: TrainConfig, ddp: bool, rank: int, world: int, master: bool, dev
         device_type=device.type,
     )
 
+    if master:
+        for leftover in remove_partial_checkpoints(out_dir):
+            say(f"removed {leftover.name}: a checkpoint write that never completed")
     start_step = 0
     if cfg.resume:
         ckpt = latest_checkpoint(out_dir)

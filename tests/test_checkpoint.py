@@ -16,6 +16,7 @@ from gpt.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     load_model,
+    remove_partial_checkpoints,
     save_checkpoint,
 )
 from gpt.model import GPT, GPTConfig
@@ -110,6 +111,8 @@ def test_latest_skips_incomplete_and_temporary(tmp_path):
     assert latest_checkpoint(tmp_path).name == "ckpt_0000010"
     assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt_0000005", "ckpt_0000010"]
     assert latest_checkpoint(tmp_path / "missing") is None
+    assert [p.name for p in remove_partial_checkpoints(tmp_path)] == [killed.name]
+    assert latest_checkpoint(tmp_path).name == "ckpt_0000010"
 
 
 def test_write_killed_midway_leaves_no_checkpoint(tmp_path, monkeypatch):

@@ -111,6 +111,7 @@ def test_resume_ignores_a_checkpoint_killed_mid_write(tmp_path):
         (resumed / name / "model.safetensors").write_bytes(b"\0" * 10)
     assert train.main([*common, "--out", str(resumed), "--resume"]) == 0
     assert_same_run(straight, resumed, 8)
+    assert not (resumed / ".tmp-ckpt_0000006-x").exists()  # the leftover was cleaned up at start
 
 
 def test_real_sigterm_checkpoints_and_resumes_exactly(tmp_path):
