@@ -54,7 +54,16 @@ from gpt.shards import ShardError, read_header, token_dtype
 log = logging.getLogger("gpt.prepare")
 
 DEFAULT_SHARD_SIZE = 100_000_000
-DEFAULT_BATCH_BYTES = 8 << 20
+# Text per encoding batch: enough documents to keep every thread busy, small enough that the few
+# batches in flight (queued text, its copy in Rust, the ids) stay a small part of memory.
+BATCH_BYTES_PER_THREAD = 512 << 10
+MIN_BATCH_BYTES = 2 << 20
+
+
+def default_batch_bytes(threads: Optional[int]) -> int:
+    return max(MIN_BATCH_BYTES, BATCH_BYTES_PER_THREAD * (threads or os.cpu_count() or 1))
+
+
 DEFAULT_MAX_DOC_BYTES = 256 << 20
 _SHARD_NAME = re.compile(r"(val|train)_\d{6}\.bin")
 _LOG_FIRST_SKIPS = 5  # bad records logged one by one per reason; the rest are counted (and logged at debug)
@@ -216,7 +225,7 @@ def prepare(
     val_fraction: Optional[float] = None,
     eot_token: str = EOT_TEXT,
     threads: Optional[int] = None,
-    batch_bytes: int = DEFAULT_BATCH_BYTES,
+    batch_bytes: Optional[int] = None,
     overwrite: bool = False,
     show_progress: bool = True,
 ) -> dict:
@@ -226,6 +235,7 @@ def prepare(
     round(f * records) records of this part are val (at least one).
     """
     out_dir = Path(out_dir)
+    batch_bytes = batch_bytes or default_batch_bytes(threads)
     if shard_size < 1:
         raise ValueError(f"--shard-size must be at least 1, got {shard_size}")
     if val_fraction is not None and not 0 <= val_fraction <= 1:
@@ -432,8 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("execution")
     run.add_argument("--threads", type=int, default=0, help="encoding threads (default 0: all cores); output is "
                      "identical for any value")  # fmt: skip
-    run.add_argument("--batch-bytes", type=_positive_int, default=DEFAULT_BATCH_BYTES,
-                     help=f"text per encoding batch (default: {DEFAULT_BATCH_BYTES}); memory ~ a few batches + a shard")  # fmt: skip
+    run.add_argument("--batch-bytes", type=_positive_int,
+                     help=f"text per encoding batch (default: {BATCH_BYTES_PER_THREAD >> 10} KiB per thread, at least "
+                     f"{MIN_BATCH_BYTES >> 20} MiB); memory ~ a few batches + one shard of tokens")  # fmt: skip
     run.add_argument(
         "--worker", type=int, default=0, help="this process's part, 0..num_workers-1 (default: 0)"
     )
