@@ -120,3 +120,19 @@ def test_unknown_architecture_group_is_an_error(gpt2):
         modeling.expand_target_modules(odd, ["attention"])
     # all-linear works for any architecture.
     assert modeling.expand_target_modules(odd, ["all-linear"])
+
+
+def test_gpt_neox_groups_as_in_the_report():
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch_model = GPTNeoXForCausalLM(
+        GPTNeoXConfig(
+            vocab_size=512, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+        )
+    )
+    r = 2
+    assert lora_trainable(torch_model, ["attention"], r)[0] == 2 * (r * (32 + 96) + r * (32 + 32))
+    assert lora_trainable(torch_model, ["mlp"], r)[0] == 2 * (r * (32 + 64) + r * (64 + 32))
+    # "dense" alone is the attention output projection only: dense_h_to_4h does not end in ".dense".
+    _, selected, _, _ = lora_trainable(torch_model, ["dense"], r)
+    assert selected and all(name.endswith("attention.dense") for name in selected)
