@@ -58,27 +58,35 @@ def log_of(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
+def evaluation_flags() -> list[str]:
+    """HellaSwag and held-out perplexity, which ranks split and all-reduce; they need GPT-2's tokenizer
+    (bpe_fast's extension) and a GPT-2-sized embedding."""
+    try:
+        from gpt.tokenizer import load_tokenizer
+
+        load_tokenizer("gpt2")
+    except ImportError:
+        return []
+    return [
+        "--vocab-size", "50304", "--hellaswag", str(REPO / "tests" / "data" / "hellaswag_tiny.jsonl"),
+        "--hellaswag-every", "2", "--eval-text", str(REPO / "data" / "corpora" / "tinyshakespeare.txt"),
+        "--eval-text-every", "2", "--eval-text-tokens", "200",
+    ]  # fmt: skip
+
+
 def test_two_gloo_ranks_match_one_process(tmp_path, data):
     # Global batch 128 tokens = 2 ranks x B=2 x T=16 x 2 micro-steps = 1 process x B=2 x T=16 x 4.
     ddp_out, single_out = tmp_path / "ddp", tmp_path / "single"
+    evals = evaluation_flags()
     # Launched by path, as documented: gpt/train.py must find the repo root itself.
     result = torchrun(
-        "gpt/train.py", [*TINY, "--batch-size", "2", "--data", str(data), "--out", str(ddp_out)]
+        "gpt/train.py", [*TINY, *evals, "--batch-size", "2", "--data", str(data), "--out", str(ddp_out)]
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "world 2" in result.stdout and "grad_accum=2" in result.stdout
     # Validation: 2 ranks x 2 steps read the same 4 consecutive val batches as 1 process x 4 steps.
-    single_args = [
-        *TINY,
-        "--batch-size",
-        "2",
-        "--val-steps",
-        "4",
-        "--data",
-        str(data),
-        "--out",
-        str(single_out),
-    ]
+    single_args = [*TINY, *evals, "--batch-size", "2", "--val-steps", "4", "--data", str(data)]
+    single_args += ["--out", str(single_out)]
     assert train.main(single_args) == 0
     ddp_log, single_log = log_of(ddp_out), log_of(single_out)
     assert [r["step"] for r in ddp_log] == [r["step"] for r in single_log] == [0, 1, 2, 3]
@@ -87,6 +95,10 @@ def test_two_gloo_ranks_match_one_process(tmp_path, data):
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], abs=1e-6, rel=1e-6)
         if "val_loss" in b:
             assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-6, rel=0)
+        if "ppl" in b:  # steps 0 and 2 (every 2) and 3 (the last); the ranks scored disjoint halves
+            assert a["hellaswag"] == b["hellaswag"] and a["ppl"] == pytest.approx(b["ppl"], rel=1e-5)
+    for log in (ddp_log, single_log):
+        assert [r["step"] for r in log if "ppl" in r and "hellaswag" in r] == ([0, 2, 3] if evals else [])
     ddp_weights = load_file(ddp_out / "ckpt_0000004" / "model.safetensors")
     single_weights = load_file(single_out / "ckpt_0000004" / "model.safetensors")
     assert set(ddp_weights) == set(single_weights)
