@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -563,6 +564,20 @@ def render_markdown(
         'shows what a "1 thread" or "2 threads" label really got). Methodology: docs/BENCHMARKS.md.'
     )
     out.append("")
+    single_thread_cores = [
+        row["timing"].cores_used
+        for key in ("encode_gpt2", "encode_trained", "short_gpt2", "short_trained")
+        for row in results.get(key, [])
+        if row.get("threads") == 1 and row["timing"].cpu_seconds
+    ]
+    if single_thread_cores and statistics.median(single_thread_cores) < 0.8:
+        out += [
+            f"**The machine was busy during this run: single-thread calls got a median of "
+            f"{statistics.median(single_thread_cores):.2f} of a core** (1.00 on an idle machine). Absolute speeds "
+            "are lower than an idle machine gives, every peer alike; multi-thread rows cannot show their scaling. "
+            "Ratios between peers timed in the same interleaved rounds are the meaningful numbers.",
+            "",
+        ]
     if not results["bpe_fast_available"]:
         out += ["**bpe_fast was not importable in this run: only peers were measured; targets are n/a.**", ""]
 

@@ -185,3 +185,25 @@ def test_compare_outputs_flags_the_peer_whose_timed_output_differs():
     report._compare_outputs(timings, problems, "batch")
     assert problems == {"other": "batch: ids differ from tiktoken in text 1"}
     assert all(t.output is None for t in timings.values())
+
+
+def test_render_markdown_warns_when_the_machine_was_busy():
+    busy = Timing(seconds=[1.0], nbytes=10, cpu_seconds=[0.3])
+    results = {
+        "generated_utc": "2026-01-01 00:00",
+        "mode": "quick",
+        "versions": {},
+        "bpe_fast_available": True,
+        "encode_gpt2": [
+            {
+                "corpus": "en",
+                "mode": "single",
+                "threads": 1,
+                "peer": "tiktoken",
+                "timing": busy,
+                "ids": "identical",
+            }
+        ],
+    }
+    text = report.render_markdown(results, report.QUICK, "cmd", {}, [])
+    assert "The machine was busy" in text and "0.30 of a core" in text
