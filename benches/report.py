@@ -929,7 +929,7 @@ def main(argv=None) -> int:
     _atomic_write_text(out_path, render_markdown(results, cfg, command, info, targets) + "\n")
     _atomic_write_text(
         out_path.with_suffix(".json"),
-        json.dumps(_jsonable({**results, "targets": targets, "machine": info}), indent=1),
+        json.dumps(_jsonable({**results, "command": command, "targets": targets, "machine": info}), indent=1),
     )
     if results.get("scaling"):
         plot_scaling(results["scaling"], args.plot or out_path.with_name("throughput_vs_size.png"))
