@@ -10,6 +10,7 @@ import bpe_fast
 import numpy as np
 import pytest
 from bpe_fast.cli import REPORT_WORDS, main
+from bpe_fast.tokenizer import Tokenizer
 from conftest import corpus_slice
 
 
@@ -144,12 +145,18 @@ def test_user_errors_exit_2_with_one_line(corpus, tmp_path, capsys, argv, fragme
     assert err.count("\n") == 1
 
 
-def test_roundtrip_exits_1_when_not_identical(tmp_path, capsys):
-    # A custom regex that skips characters cannot round-trip: the first dropped byte is reported.
+def test_roundtrip_exits_1_and_names_the_first_differing_offset(vocab, tmp_path, capsys, monkeypatch):
+    # Every tokenizer round-trips exactly, so a broken decoder is simulated to exercise the failure path.
     path = tmp_path / "t.txt"
     path.write_text("abc, def", encoding="utf-8")
-    tok = bpe_fast.train([path], 260, pattern=r"[a-z]+")
-    vocab = tok.save(tmp_path / "v.json")
+    real_decode = Tokenizer.decode_bytes
+
+    def corrupting_decode(self, ids):
+        data = bytearray(real_decode(self, ids))
+        data[3] ^= 0xFF
+        return bytes(data)
+
+    monkeypatch.setattr(Tokenizer, "decode_bytes", corrupting_decode)
     assert main(["roundtrip", "--tokenizer", str(vocab), str(path)]) == 1
     assert "offset 3" in capsys.readouterr().out
 

@@ -142,7 +142,7 @@ def test_rust_and_python_regex_agree_on_every_assigned_character(pattern):
         for c in range(0x110000)
         if unicodedata.category(chr(c)) not in ("Cs", "Cn") and chr(c) not in UNICODE_VERSION_SENSITIVE
     ]
-    for separator in ("", " ", "a", "1", "'s "):
+    for separator in ("", " 1'"):
         text = separator.join(assigned)
         assert _core.split(pattern, text) == split_text(pattern, text), separator
 
