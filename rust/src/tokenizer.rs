@@ -14,10 +14,19 @@ use crate::threads::with_threads;
 
 /// Ids above this are refused: the decode table is indexed by id.
 pub const MAX_ID: u32 = (1 << 26) - 1;
-/// Chunks at most this long are remembered by the per-call cache.
-const CACHED_CHUNK_MAX: usize = 256;
+/// Chunks at most this long are remembered by the per-thread cache (longer ones are rarely
+/// repeated, and caching a chunk that never comes back costs two allocations).
+const CACHED_CHUNK_MAX: usize = 32;
 /// The cache is emptied when it holds this many chunks, bounding its memory.
 const CACHE_CAPACITY: usize = 1 << 16;
+
+/// Gives each tokenizer an identity, so a thread's cache is never used across tokenizers.
+static NEXT_TOKENIZER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+thread_local! {
+    /// One cache per thread, kept across calls (encode_batch of many small documents reuses it).
+    static THREAD_CACHE: std::cell::RefCell<ChunkCache> = std::cell::RefCell::new(ChunkCache::default());
+}
 
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -26,7 +35,19 @@ pub fn hex(bytes: &[u8]) -> String {
 /// Remembers the encoding of chunks that are not single tokens (frequent words split in two...).
 #[derive(Default)]
 pub struct ChunkCache {
+    /// The `identity` of the tokenizer whose encodings `map` holds.
+    owner: Option<u64>,
     map: FxHashMap<Vec<u8>, Vec<u32>>,
+    hits: u64,
+    misses: u64,
+}
+
+impl ChunkCache {
+    /// Text whose chunks rarely repeat (Chinese clauses under the gpt2 pattern) would only pay
+    /// for insertions: after a warm-up, keep inserting only while at least a third of lookups hit.
+    fn worth_inserting(&self) -> bool {
+        self.misses < 4096 || self.hits * 2 >= self.misses
+    }
 }
 
 /// Which special tokens an encode call turns into their ids; the rest of the text is ordinary.
@@ -50,6 +71,7 @@ pub struct Tokenizer {
     decode_bytes: Vec<u8>,
     /// Matcher for all special tokens (the common "allowed_special='all'" case).
     all_specials: Option<Arc<SpecialMatcher>>,
+    identity: u64,
 }
 
 impl std::fmt::Debug for SpecialMatcher {
@@ -215,6 +237,7 @@ impl Tokenizer {
             decode_spans,
             decode_bytes,
             all_specials: None,
+            identity: NEXT_TOKENIZER_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
         let all: Vec<String> = tokenizer.specials.iter().map(|(t, _)| t.clone()).collect();
         tokenizer.all_specials = tokenizer.build_matcher(&all)?.map(Arc::new);
@@ -270,14 +293,18 @@ impl Tokenizer {
         }
         if let Some(ids) = cache.map.get(chunk) {
             out.extend_from_slice(ids);
+            cache.hits += 1;
             return;
         }
+        cache.misses += 1;
         let start = out.len();
         self.merger.encode(chunk, out);
-        if cache.map.len() >= CACHE_CAPACITY {
-            cache.map.clear();
+        if cache.worth_inserting() {
+            if cache.map.len() >= CACHE_CAPACITY {
+                cache.map.clear();
+            }
+            cache.map.insert(chunk.to_vec(), out[start..].to_vec());
         }
-        cache.map.insert(chunk.to_vec(), out[start..].to_vec());
     }
 
     fn encode_ordinary_into(
@@ -291,9 +318,26 @@ impl Tokenizer {
         })
     }
 
+    /// Runs `work` with this thread's chunk cache, emptied first if it belongs to another tokenizer.
+    fn with_cache<R>(&self, work: impl FnOnce(&mut ChunkCache) -> R) -> R {
+        THREAD_CACHE.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut cache) => {
+                if cache.owner != Some(self.identity) {
+                    *cache = ChunkCache {
+                        owner: Some(self.identity),
+                        ..ChunkCache::default()
+                    };
+                }
+                work(&mut cache)
+            }
+            // Only reachable by re-entrance (a thread already inside an encode): use a fresh cache.
+            Err(_) => work(&mut ChunkCache::default()),
+        })
+    }
+
     pub fn encode_ordinary(&self, text: &str) -> Result<Vec<u32>> {
         let mut out = Vec::with_capacity(text.len() / 3);
-        self.encode_ordinary_into(text, &mut out, &mut ChunkCache::default())?;
+        self.with_cache(|cache| self.encode_ordinary_into(text, &mut out, cache))?;
         Ok(out)
     }
 
@@ -357,7 +401,7 @@ impl Tokenizer {
 
     pub fn encode(&self, text: &str, specials: Option<&SpecialMatcher>) -> Result<Vec<u32>> {
         let mut out = Vec::with_capacity(text.len() / 3);
-        self.encode_into(text, specials, &mut out, &mut ChunkCache::default())?;
+        self.with_cache(|cache| self.encode_into(text, specials, &mut out, cache))?;
         Ok(out)
     }
 
@@ -371,11 +415,7 @@ impl Tokenizer {
         with_threads(num_threads, || {
             texts
                 .par_iter()
-                .map_init(ChunkCache::default, |cache, text| {
-                    let mut out = Vec::with_capacity(text.as_ref().len() / 3);
-                    self.encode_into(text.as_ref(), specials, &mut out, cache)?;
-                    Ok(out)
-                })
+                .map(|text| self.encode(text.as_ref(), specials))
                 .collect::<Result<Vec<_>>>()
         })?
     }
