@@ -237,21 +237,26 @@ def finetune_model(
     if out.exists() and any(out.iterdir()):
         if not settings.get("overwrite"):
             raise FileExistsError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
     seed = int(settings["seed"])
     _seed_everything(seed)
     device = resolve_device(str(settings["device"]))
     precision = resolve_precision(str(settings["precision"]), device, log)
 
-    # ---- model and tokenizer
+    # ---- data rows first: a bad --data fails before the (possibly slow) model load
+    rows, data_source = lora_data.load_rows(str(settings["data"]), log)
+    train_rows, eval_rows = lora_data.split_rows(
+        rows, int(settings["eval_samples"]), settings["max_samples"], seed
+    )
+
+    # ---- model and tokenizer (a base passed in by a sweep is reused across runs, so it is copied)
     if base_model is None or tokenizer is None:
         log(f"loading {settings['model']} ...")
         base_model, tokenizer = modeling.load_model_and_tokenizer(
             str(settings["model"]), settings.get("tokenizer")
         )
-    model = copy.deepcopy(base_model)
+        model = base_model
+    else:
+        model = copy.deepcopy(base_model)
     context = modeling.context_length(model)
     max_length = int(settings["max_length"])
     if context is not None and max_length > context:
@@ -264,21 +269,17 @@ def finetune_model(
         float(settings["alpha"]),
         float(settings["dropout"]),
     )
+    expected = modeling.expected_lora_parameters(model, selected, int(settings["r"]))
     _seed_everything(seed)  # LoRA's A init draws from the global generator
     model = get_peft_model(model, config).to(device)
     trainable, total = modeling.count_parameters(model)
-    expected = modeling.expected_lora_parameters(base_model, selected, int(settings["r"]))
     if trainable != expected:
         raise RuntimeError(f"peft made {trainable} parameters trainable, expected r*(in+out) = {expected}")
     log(
         f"LoRA on {len(selected)} layers ({', '.join(config.target_modules)}): {trainable:,} trainable of {total:,}"
     )
 
-    # ---- data
-    rows, data_source = lora_data.load_rows(str(settings["data"]), log)
-    train_rows, eval_rows = lora_data.split_rows(
-        rows, int(settings["eval_samples"]), settings["max_samples"], seed
-    )
+    # ---- tokenized examples
     fmt = str(settings["data_format"])
     if fmt == "auto":
         fmt = lora_data.detect_format(rows, data_source)
@@ -316,6 +317,10 @@ def finetune_model(
     )
     scaler = grad_scaler(device, precision)
     clip = float(settings["clip"])
+    # Outputs go to OUT.partial until complete (a leftover from an interrupted run is replaced).
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
     logdir = Path(str(settings["logdir"])) if settings["logdir"] else staging / "tensorboard"
     writer = SummaryWriter(log_dir=str(logdir))
 

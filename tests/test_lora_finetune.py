@@ -139,7 +139,7 @@ def test_bad_targets_fail_before_training(tiny_gpt2, tmp_path):
     settings = settings_for(tiny_gpt2, tmp_path / "bad", target_modules=["c_attn", "q_proj"])
     with pytest.raises(ValueError, match=r"\['q_proj'\] match no layer.*attn\.c_attn"):
         finetune.run_finetune(settings, progress=False, log=lambda _: None)
-    assert not (tmp_path / "bad").exists()
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.partial").exists()
 
 
 def test_existing_out_needs_overwrite(gpt2_run, tiny_gpt2):
