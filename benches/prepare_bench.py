@@ -13,8 +13,10 @@ streams are identical, so they did the same work.
   it with cpu_count() processes (a stronger baseline) and compare against the faster of the two.
 
 Each job runs in a fresh subprocess, timed end to end (start-up, tokenizer load, reading, writing);
-the best of --repeat runs is reported. Peak RSS is the job's own ru_maxrss plus the largest child's
-(the pool workers). Memory flatness: gpt.prepare on the corpus repeated 4x (symlinks) vs 1x.
+the best of --repeat runs is reported. Peak RSS is the job's own ru_maxrss and the largest child's
+(the pool workers). Memory flatness: each job once more on the corpus and on it repeated 4x (symlinks),
+with 2M-token shards so both inputs span several shards (a 100M-token shard buffer fills further with
+more input, which is bounded by the shard size, not the corpus).
 Needs /work/shared/data (skips cleanly without it) and bpe_fast's Rust core.
 """
 
