@@ -137,16 +137,19 @@ impl PyChunkCounter {
             };
             let mut callback_error: Option<PyErr> = None;
             let result = py.allow_threads(|| {
+                // Every few hundred merges: let Ctrl-C (and other signals) through, then report.
                 let mut report = |done: usize| -> crate::Result<()> {
-                    let Some(callback) = &progress else {
-                        return Ok(());
-                    };
-                    Python::with_gil(|py| match callback.call1(py, (done,)) {
-                        Ok(_) => Ok(()),
-                        Err(e) => {
+                    Python::with_gil(|py| {
+                        let outcome = match &progress {
+                            Some(callback) => py
+                                .check_signals()
+                                .and_then(|_| callback.call1(py, (done,)).map(drop)),
+                            None => py.check_signals(),
+                        };
+                        outcome.map_err(|e| {
                             callback_error = Some(e);
-                            Err(Error::Interrupted)
-                        }
+                            Error::Interrupted
+                        })
                     })
                 };
                 let chunks = self
