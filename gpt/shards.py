@@ -56,6 +56,10 @@ def write_shard(path: str | os.PathLike, tokens, vocab_size: int | None = None) 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates 0600 files; shards are data for others to read, so use the umask's default.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             f.write(header.tobytes())
             f.write(tokens.astype(dtype, copy=False).tobytes())
