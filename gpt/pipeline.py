@@ -34,7 +34,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="\\n\\n",
         help="documents are the blocks between these separators (escapes like \\n understood)",
     )
-    parser.add_argument("--vocab", type=int, default=1024, help="tokenizer vocab size, <|endoftext|> included")
+    parser.add_argument(
+        "--vocab", type=int, default=1024, help="tokenizer vocab size, <|endoftext|> included"
+    )
     parser.add_argument("--out", type=Path, default=Path("out/pipeline"), help="folder for every output")
     parser.add_argument("--preset", default="tiny-cpu", help="gpt.train preset")
     parser.add_argument("--max-steps", type=int, default=None, help="training steps (default: the preset's)")

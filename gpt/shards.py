@@ -81,7 +81,9 @@ def read_header(path: str | os.PathLike) -> tuple[np.dtype, int]:
     except OSError as e:
         raise ShardError(f"{path}: cannot read shard: {e}") from e
     if len(raw) < HEADER_BYTES:
-        raise ShardError(f"{path}: truncated shard: {size} bytes, shorter than the {HEADER_BYTES}-byte header")
+        raise ShardError(
+            f"{path}: truncated shard: {size} bytes, shorter than the {HEADER_BYTES}-byte header"
+        )
     header = np.frombuffer(raw, dtype="<i4")
     key = (int(header[0]), int(header[1]))
     if key not in _FORMATS:
