@@ -6,15 +6,16 @@ from __future__ import annotations
 import pickle
 import warnings
 
-import bpe_fast
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import bpe_fast
 from bpe_fast import export, reference
 from bpe_fast.patterns import GPT2_PATTERN
 from bpe_fast.tokenizer import Tokenizer, bundled_gpt2_paths
 from conftest import CORPORA, corpus_slice, stable_text
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 ENDOFTEXT = "<|endoftext|>"
 

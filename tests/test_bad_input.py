@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import bpe_fast
 import numpy as np
 import pytest
-from bpe_fast.tokenizer import Tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+import bpe_fast
+from bpe_fast.tokenizer import Tokenizer
 
 ENDOFTEXT = "<|endoftext|>"
 

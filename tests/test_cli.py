@@ -6,9 +6,10 @@ import json
 import subprocess
 import sys
 
-import bpe_fast
 import numpy as np
 import pytest
+
+import bpe_fast
 from bpe_fast.cli import REPORT_WORDS, main
 from bpe_fast.tokenizer import Tokenizer
 from conftest import corpus_slice

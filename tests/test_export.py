@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import warnings
 
-import bpe_fast
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import bpe_fast
 from bpe_fast import export
 from bpe_fast.tokenizer import Tokenizer
 from conftest import corpus_slice
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 tiktoken = pytest.importorskip("tiktoken")
 ENDOFTEXT = "<|endoftext|>"

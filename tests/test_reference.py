@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from bpe_fast import reference
 from bpe_fast.gpt2_files import read_gpt2_files
 from bpe_fast.patterns import GPT2_PATTERN, canonical_pattern, split_text
 from bpe_fast.tokenizer import bundled_gpt2_paths
 from conftest import corpus_slice, stable_text
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 A, B, SPACE = ord("a"), ord("b"), ord(" ")
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import bpe_fast
 import pytest
-from bpe_fast import reference
-from conftest import corpus_slice, stable_text
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+import bpe_fast
+from bpe_fast import reference
+from conftest import corpus_slice, stable_text
 
 pytestmark = pytest.mark.filterwarnings("ignore:training stopped")
 

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from bpe_fast import reference, vocab_io
 
 
