@@ -15,7 +15,7 @@ import bpe_fast
 from bpe_fast import export, reference
 from bpe_fast.patterns import GPT2_PATTERN
 from bpe_fast.tokenizer import Tokenizer, bundled_gpt2_paths
-from conftest import CORPORA, corpus_slice, stable_text
+from conftest import CORPORA, corpus_slice, stable_text, tiktoken_comparable
 
 ENDOFTEXT = "<|endoftext|>"
 
@@ -91,6 +91,7 @@ def test_gpt2_special_tokens_match_tiktoken_policy(gpt2, tiktoken_gpt2):
 @settings(max_examples=150, deadline=None)
 @given(st.text(max_size=80))
 def test_gpt2_equals_tiktoken_on_any_text(gpt2, tiktoken_gpt2, text):
+    text = tiktoken_comparable(text)
     assert gpt2.encode_ordinary(text) == tiktoken_gpt2.encode_ordinary(text)
     assert gpt2.decode(gpt2.encode_ordinary(text)) == text
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from bpe_fast import _core
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from bpe_fast import _core
 
 regex = pytest.importorskip("regex")
 

@@ -4,11 +4,13 @@
 pub mod count;
 pub mod encode;
 pub mod error;
+pub mod fast_split;
 pub mod pretokenize;
 pub mod recover;
 pub mod threads;
 pub mod tokenizer;
 pub mod train;
+mod unicode_tables;
 
 pub use count::ChunkCounter;
 pub use error::{Error, Result};
