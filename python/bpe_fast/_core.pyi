@@ -40,7 +40,8 @@ class ChunkCounter:
 class CoreTokenizer:
     def __init__(
         self,
-        tokens: Sequence[tuple[int, bytes]],  # every non-special token: (id, bytes); all 256 single bytes present
+        # every non-special token as (id, bytes); all 256 single bytes present
+        tokens: Sequence[tuple[int, bytes]],
         merges: Sequence[tuple[int, int]],  # rank order; each must produce a token in `tokens`
         special_tokens: Sequence[tuple[str, int]],
         pattern: str,
@@ -54,7 +55,8 @@ class CoreTokenizer:
     def merges(self) -> list[tuple[int, int]]: ...
     def tokens(self) -> list[tuple[int, bytes]]: ...  # non-special tokens, id order
     def special_tokens(self) -> list[tuple[str, int]]: ...
-    def token_bytes(self, id: int) -> bytes: ...  # ValueError for unknown id; special tokens give their utf-8 text
+    # ValueError for an unknown id; special tokens give their UTF-8 text
+    def token_bytes(self, id: int) -> bytes: ...
     def encode_ordinary(self, text: str) -> list[int]: ...
     def encode(self, text: str, allowed_special: Sequence[str]) -> list[int]:
         """Special tokens in `allowed_special` are emitted as their ids; all other text is ordinary.
