@@ -72,6 +72,15 @@ impl Merger {
         }
     }
 
+    /// (rank, made) of a pair, or (NO_RANK, _) when it is not a merge: one hash lookup where
+    /// `rank` followed by `made` would take two.
+    fn rank_made(&self, left: u32, right: u32) -> (u32, u32) {
+        self.ranks
+            .get(&key(left, right))
+            .copied()
+            .unwrap_or((NO_RANK, NO_RANK))
+    }
+
     fn encode_short(&self, bytes: &[u8], out: &mut Vec<u32>) {
         // Fixed-size stack arrays: short chunks are the common case and must not allocate.
         let n = bytes.len().min(SHORT_CHUNK);
@@ -83,10 +92,12 @@ impl Merger {
             out.extend_from_slice(&parts[..n]);
             return;
         }
-        // pair_rank[i] is the rank of (parts[i], parts[i + 1]).
+        // pair_rank[i] is the rank of (parts[i], parts[i + 1]) and pair_made[i] the id it makes,
+        // kept so that applying the merge needs no second lookup.
         let mut pair_rank = [NO_RANK; SHORT_CHUNK];
+        let mut pair_made = [NO_RANK; SHORT_CHUNK];
         for i in 0..n - 1 {
-            pair_rank[i] = self.rank(parts[i], parts[i + 1]);
+            (pair_rank[i], pair_made[i]) = self.rank_made(parts[i], parts[i + 1]);
         }
         let mut len = n;
         while len > 1 {
@@ -101,15 +112,16 @@ impl Merger {
             if best == NO_RANK {
                 break;
             }
-            parts[at] = self.made(parts[at], parts[at + 1]);
+            parts[at] = pair_made[at];
             parts.copy_within(at + 2..len, at + 1);
             pair_rank.copy_within(at + 1..len - 1, at);
+            pair_made.copy_within(at + 1..len - 1, at);
             len -= 1;
             if at > 0 {
-                pair_rank[at - 1] = self.rank(parts[at - 1], parts[at]);
+                (pair_rank[at - 1], pair_made[at - 1]) = self.rank_made(parts[at - 1], parts[at]);
             }
             if at + 1 < len {
-                pair_rank[at] = self.rank(parts[at], parts[at + 1]);
+                (pair_rank[at], pair_made[at]) = self.rank_made(parts[at], parts[at + 1]);
             }
         }
         out.extend_from_slice(&parts[..len]);
