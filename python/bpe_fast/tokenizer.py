@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import base64
 import os
+import sys
 import warnings
 from collections.abc import Collection, Iterable, Sequence
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
-import numpy as np
 import regex
 
 from . import vocab_io
 from ._native import core
 from .gpt2_files import read_gpt2_files
 from .patterns import canonical_pattern
+
+if TYPE_CHECKING:
+    import numpy as np
 
 PathLike = Union[str, "os.PathLike[str]"]
 SpecialSet = Union[Literal["all"], Collection[str]]
@@ -52,13 +55,25 @@ def _special_finder(tokens: frozenset[str]) -> Any:
     return regex.compile("|".join(regex.escape(s) for s in ordered))
 
 
+def _loaded_numpy() -> Any:
+    """numpy if something has imported it, else None. numpy is imported lazily (it is most of
+    `import bpe_fast`'s time): a numpy array or scalar can only exist once numpy is loaded, so type
+    checks need not import it."""
+    return sys.modules.get("numpy")
+
+
+def _is_int(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    np_ = _loaded_numpy()
+    return np_ is not None and isinstance(value, np_.integer)
+
+
 def _first_unknown_id(ids: Iterable[Any], known: Any) -> tuple[int, Any]:
     for position, token_id in enumerate(ids):
-        if (
-            not isinstance(token_id, (int, np.integer))
-            or isinstance(token_id, bool)
-            or not known(int(token_id))
-        ):
+        if not _is_int(token_id) or not known(int(token_id)):
             return position, token_id
     return -1, None
 
@@ -283,6 +298,8 @@ class Tokenizer:
         buffer = self._core.encode_to_buffer(
             text, self._allowed_list(text, allowed_special, disallowed_special)
         )
+        import numpy as np
+
         return np.frombuffer(buffer, dtype="<u4").astype(np.uint32, copy=False)
 
     # ------------------------------------------------------------------------------------------------
@@ -290,14 +307,15 @@ class Tokenizer:
     # ------------------------------------------------------------------------------------------------
 
     def _check_id_type(self, token_id: Any, position: int) -> None:
-        if not isinstance(token_id, (int, np.integer)) or isinstance(token_id, bool):
+        if not _is_int(token_id):
             raise TypeError(f"token id at position {position} is {token_id!r}, not an int")
 
     def decode_bytes(self, ids: Union[Iterable[int], np.ndarray]) -> bytes:
         """The exact bytes of `ids` (a list/iterable of ints or a numpy integer array).
 
         ValueError naming the first unknown id (negative and too-large ids included)."""
-        if isinstance(ids, np.ndarray):
+        np_ = _loaded_numpy()
+        if np_ is not None and isinstance(ids, np_.ndarray):
             return self._decode_array(ids)
         ids = ids if isinstance(ids, (list, tuple)) else list(ids)
         try:
@@ -307,11 +325,13 @@ class Tokenizer:
             position, bad = _first_unknown_id(ids, lambda i: 0 <= i < 2**32)
             if position < 0:
                 raise
-            if isinstance(bad, (int, np.integer)) and not isinstance(bad, bool):
+            if _is_int(bad):
                 raise ValueError(f"unknown token id {bad} at position {position}") from err
             raise TypeError(f"token id at position {position} is {bad!r}, not an int") from err
 
     def _decode_array(self, ids: np.ndarray) -> bytes:
+        import numpy as np
+
         if ids.ndim != 1:
             ids = ids.reshape(-1)
         if ids.dtype.kind not in "iu":
