@@ -7,6 +7,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 
 from lora.data import IGNORE_INDEX, Example, collate
+from lora.modeling import context_length
 from lora.precision import autocast
 
 
@@ -74,6 +75,12 @@ def generate(
     try:
         for prompt in prompts:
             encoded = tokenizer(prompt, return_tensors="pt").to(device)
+            context = context_length(model)
+            if context is not None:
+                # A long prompt (the report's instruction probe is ~80 tokens) on a small-context model:
+                # keep its end, so prompt + new tokens fit the learned positions instead of indexing past them.
+                keep = max(1, context - max_new_tokens)
+                encoded = {name: tensor[:, -keep:] for name, tensor in encoded.items()}
             options = {"max_new_tokens": max_new_tokens, "pad_token_id": pad_id, "do_sample": sample}
             if sample:
                 torch.manual_seed(seed)
