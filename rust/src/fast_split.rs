@@ -167,6 +167,34 @@ fn is_prefix(flags: u8) -> bool {
     flags & NOT_PREFIX == 0
 }
 
+/// `\p{N}{1,3}` after a first number character ending at `end`: at most two more.
+fn up_to_three_numbers(bytes: &[u8], mut end: usize) -> usize {
+    for _ in 0..2 {
+        let (next_flags, next_len) = char_at(bytes, end);
+        if next_flags & FLAG_NUMBER == 0 {
+            break;
+        }
+        end += next_len;
+    }
+    end
+}
+
+/// ` ?[^\s\p{L}\p{N}]+` followed by any run of the bytes in `trailing` (cl100k: `[\r\n]*`, o200k:
+/// `[\r\n/]*`); None when no "other" character starts at `start` (after the optional space).
+fn other_run_then(bytes: &[u8], start: usize, trailing: &[u8]) -> Option<usize> {
+    let class_start = if bytes[start] == b' ' {
+        start + 1
+    } else {
+        start
+    };
+    let (class_flags, class_len) = char_at(bytes, class_start);
+    if !is_other(class_flags) {
+        return None;
+    }
+    let end = run_while(bytes, class_start + class_len, is_other);
+    Some(run_of_bytes(bytes, end, trailing))
+}
+
 /// End of the run of bytes from `i` that are in `set` (all ASCII).
 #[inline(always)]
 fn run_of_bytes(bytes: &[u8], mut i: usize, set: &[u8]) -> usize {
@@ -329,26 +357,11 @@ fn gpt4_chunk_end(bytes: &[u8], start: usize) -> usize {
     }
     // \p{N}{1,3}+
     if flags & FLAG_NUMBER != 0 {
-        let mut end = start + len;
-        for _ in 0..2 {
-            let (next_flags, next_len) = char_at(bytes, end);
-            if next_flags & FLAG_NUMBER == 0 {
-                break;
-            }
-            end += next_len;
-        }
-        return end;
+        return up_to_three_numbers(bytes, start + len);
     }
     // ` ?[^\s\p{L}\p{N}]++[\r\n]*+`
-    let class_start = if bytes[start] == b' ' {
-        start + 1
-    } else {
-        start
-    };
-    let (class_flags, class_len) = char_at(bytes, class_start);
-    if is_other(class_flags) {
-        let end = run_while(bytes, class_start + class_len, is_other);
-        return run_of_bytes(bytes, end, b"\r\n");
+    if let Some(end) = other_run_then(bytes, start, b"\r\n") {
+        return end;
     }
     // Only whitespace is left.
     let run = space_run(bytes, start);
@@ -445,26 +458,11 @@ fn o200k_chunk_end(bytes: &[u8], start: usize) -> usize {
     }
     // Alternative 3.
     if flags & FLAG_NUMBER != 0 {
-        let mut end = start + len;
-        for _ in 0..2 {
-            let (next_flags, next_len) = char_at(bytes, end);
-            if next_flags & FLAG_NUMBER == 0 {
-                break;
-            }
-            end += next_len;
-        }
-        return end;
+        return up_to_three_numbers(bytes, start + len);
     }
     // Alternative 4.
-    let class_start = if bytes[start] == b' ' {
-        start + 1
-    } else {
-        start
-    };
-    let (class_flags, class_len) = char_at(bytes, class_start);
-    if is_other(class_flags) {
-        let end = run_while(bytes, class_start + class_len, is_other);
-        return run_of_bytes(bytes, end, b"\r\n/");
+    if let Some(end) = other_run_then(bytes, start, b"\r\n/") {
+        return end;
     }
     // Only whitespace is left. Alternative 5: the greedy \s* backs off to the run's last newline,
     // and [\r\n]+ cannot go further (the next character is not a newline, or the run would be longer).
