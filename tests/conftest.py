@@ -56,3 +56,15 @@ def shakespeare() -> str:
 @pytest.fixture(scope="session")
 def sanguo() -> str:
     return corpus_slice("sanguo_yanyi.txt", 8_000)
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """Tiny tensors: intra-op threads only add synchronisation, which on a busy 2-core machine made the
+    model and sampling tests ten times slower. Modules opt in with pytest.mark.usefixtures."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

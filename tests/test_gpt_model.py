@@ -24,14 +24,7 @@ REAL_VOCAB = 100
 TINY = dict(block_size=64, n_layer=2, n_head=2, n_embd=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These tensors are tiny: intra-op threads only add synchronisation, which on a busy 2-core machine
-    made the sampling tests ten times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def tiny_config(**overrides) -> GPTConfig:

@@ -17,13 +17,7 @@ FIXTURE = Path(__file__).parent / "data" / "hellaswag_tiny.jsonl"
 REAL_VOCAB = 100
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors: intra-op threads only add synchronisation on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 class ByteTokenizer:
