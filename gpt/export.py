@@ -16,9 +16,10 @@ import importlib.util
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
+
+from bpe_fast._atomic import atomic_write_text
 
 EOT_TEXT = "<|endoftext|>"
 GPT2_EOT_ID = 50256
@@ -33,17 +34,6 @@ def bundled_gpt2_files() -> tuple[Path, Path]:
         if (folder / "encoder.json").is_file() and (folder / "vocab.bpe").is_file():
             return folder / "encoder.json", folder / "vocab.bpe"
     raise FileNotFoundError(f"GPT-2 tokenizer files not found in {[str(c) for c in candidates]}")
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_gpt2_tokenizer(out_dir: os.PathLike, model_max_length: int = 1024) -> None:
@@ -61,7 +51,7 @@ def write_gpt2_tokenizer(out_dir: os.PathLike, model_max_length: int = 1024) -> 
     if tokenizer.token_to_id(EOT_TEXT) != GPT2_EOT_ID:
         raise ValueError(f"{encoder}: {EOT_TEXT} is not id {GPT2_EOT_ID}; not GPT-2's encoder.json")
     out_dir = Path(out_dir)
-    _atomic_text(out_dir / "tokenizer.json", tokenizer.to_str())
+    atomic_write_text(out_dir / "tokenizer.json", tokenizer.to_str())
     config = {
         "tokenizer_class": "GPT2Tokenizer",
         "bos_token": EOT_TEXT,
@@ -70,7 +60,7 @@ def write_gpt2_tokenizer(out_dir: os.PathLike, model_max_length: int = 1024) -> 
         "add_prefix_space": False,
         "model_max_length": model_max_length,
     }
-    _atomic_text(out_dir / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
+    atomic_write_text(out_dir / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
 
 
 def export(checkpoint: os.PathLike, out_dir: os.PathLike, tokenizer: Optional[str] = None) -> Path:

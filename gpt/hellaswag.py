@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -34,6 +33,8 @@ from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from bpe_fast._atomic import atomic_path
 
 SPLITS = ("train", "val", "test")
 URL_TEMPLATE = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{split}.jsonl"
@@ -60,20 +61,16 @@ def download(split: str = "val", cache_dir: Optional[os.PathLike] = None) -> Pat
         return path
     url = URL_TEMPLATE.format(split=split)
     cache.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=cache)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-        os.replace(tmp, path)
+        with atomic_path(path) as temp_name, open(temp_name, "wb") as out:
+            with urllib.request.urlopen(url, timeout=60) as response:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
     except (urllib.error.URLError, OSError) as e:
         raise RuntimeError(
             f"could not download HellaSwag {split} from {url} ({e}). This machine may be offline: "
             f"pass --hellaswag PATH to a local hellaswag_{split}.jsonl instead"
         ) from e
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

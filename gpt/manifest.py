@@ -21,16 +21,15 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
+
+from bpe_fast._atomic import atomic_write_text
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "bpe-fast-shards"
 MANIFEST_VERSION = 1
 # Read once at import (os.umask can only be read by setting it, which is not thread-safe later).
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 _REQUIRED_KEYS = ("tokenizer", "dtype", "shards", "num_tokens", "num_documents")
 
 
@@ -70,19 +69,7 @@ def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
     """Writes JSON to a temp file beside `path`, fsyncs, then renames: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp makes the file private (0600); give it the permissions a plain open() would.
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, ensure_ascii=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 
 def _manifest_path(dir_or_file: str | os.PathLike) -> Path:

@@ -25,7 +25,6 @@ import inspect
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -33,6 +32,8 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from bpe_fast._atomic import atomic_path, atomic_write_text
 
 IGNORE_INDEX = -100
 VOCAB_MULTIPLE = 64
@@ -363,12 +364,10 @@ class GPT(nn.Module):
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         tensors = self.hf_state_dict(vocab)
-        _atomic_write(
-            out_dir / "model.safetensors", lambda path: save_file(tensors, path, metadata={"format": "pt"})
-        )
-        config_text = json.dumps(hf_config.to_dict(), indent=2, sort_keys=True) + "\n"
-        _atomic_write(
-            out_dir / "config.json", lambda path: Path(path).write_text(config_text, encoding="utf-8")
+        with atomic_path(out_dir / "model.safetensors") as temp_name:
+            save_file(tensors, temp_name, metadata={"format": "pt"})
+        atomic_write_text(
+            out_dir / "config.json", json.dumps(hf_config.to_dict(), indent=2, sort_keys=True) + "\n"
         )
         return out_dir
 
@@ -394,19 +393,6 @@ def _check_hf_config_supported(hf_config: Any) -> None:
         problems.append(f"layer_norm_epsilon={eps} (only 1e-5)")
     if problems:
         raise ValueError("unsupported GPT-2 configuration: " + "; ".join(problems))
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Calls write(temp_path) for a temp file beside `path`, then renames it over `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 @torch.no_grad()

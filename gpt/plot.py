@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
+
+from bpe_fast._atomic import atomic_path
 
 
 def read_log(path: Path) -> list[dict]:
@@ -62,13 +62,10 @@ def plot(records: list[dict], out_png: Path, title: str) -> None:
     fig.tight_layout()
     # Rendered to a temp file then renamed: a reader never sees half a PNG.
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_png.name}.", suffix=".png", dir=out_png.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, out_png)
+        with atomic_path(out_png, suffix=".png") as temp_name:
+            fig.savefig(temp_name, dpi=120)
     finally:
-        Path(tmp).unlink(missing_ok=True)
         plt.close(fig)
 
 

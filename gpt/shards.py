@@ -7,10 +7,11 @@ uint16 for magic 20240520 / version 1, uint32 for magic 20240801 / version 7 (vo
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from bpe_fast._atomic import atomic_path
 
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
@@ -54,21 +55,9 @@ def write_shard(path: str | os.PathLike, tokens, vocab_size: int | None = None) 
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[0], header[1], header[2] = magic, version, tokens.size
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp creates 0600 files; shards are data for others to read, so use the umask's default.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(header.tobytes())
-            f.write(tokens.astype(dtype, copy=False).tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temp_name, open(temp_name, "wb") as f:
+        f.write(header.tobytes())
+        f.write(tokens.astype(dtype, copy=False).tobytes())
 
 
 def read_header(path: str | os.PathLike) -> tuple[np.dtype, int]:
