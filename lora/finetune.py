@@ -54,6 +54,21 @@ PRESETS: Dict[str, Dict[str, object]] = {
         "grad_accum": 8,
         "max_samples": 1024,
     },
+    # Not the report's: a check that finishes in minutes on 2 CPU cores (SmolLM2-135M: 6 steps of 4 short
+    # Alpaca samples at the report's r / alpha / lr; docs/RESULTS.md has the measured times and losses).
+    "cpu-quick": {
+        "data": "alpaca-sample",
+        "r": 16,
+        "alpha": 1.0,
+        "lr": 3e-2,
+        "epochs": 1,
+        "batch_size": 4,
+        "grad_accum": 1,
+        "max_samples": 24,
+        "eval_samples": 16,
+        "max_length": 64,
+        "probe_tokens": 16,
+    },
 }
 
 DEFAULTS: Dict[str, object] = {
@@ -107,7 +122,11 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
         help="how rows become examples; auto: instruction+output "
         "rows are Alpaca, text rows plain continuation (default auto)",
     )
-    add("--preset", choices=sorted(PRESETS), help="the course report's settings for IMDB or Alpaca")
+    add(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="report-imdb / report-alpaca: the course report's settings; cpu-quick: a few-minute CPU check",
+    )
     add("--dropout", type=float, help="dropout on the LoRA path (default 0.05)")
     add("--lr", type=float, help="peak learning rate of AdamW (default 2e-4)")
     add("--warmup-steps", type=int, help="linear warm-up steps, then linear decay to 0 (default 0)")
@@ -404,6 +423,11 @@ def finetune_model(
 
     # ---- save: adapter in peft's layout, then run.json last (its presence marks a complete run)
     model.save_pretrained(str(staging))
+    reload_check = check_reload(model, staging, eval_examples or train_examples, pad_id, device)
+    log(
+        f"adapter reloaded from {staging.name}: logits identical = {reload_check['identical']} "
+        f"(max |diff| {reload_check['max_abs_diff']:.1e} over {reload_check['tokens']} tokens)"
+    )
     last_losses = [record["loss"] for record in history[-max(1, steps_per_epoch) :]]
     summary = {
         "status": "complete",
@@ -430,6 +454,7 @@ def finetune_model(
         "train_seconds": round(train_seconds, 3),
         "total_seconds": round(time.time() - started, 3),
         "probes": probes,
+        "reload_check": reload_check,
         "history": history,
         "versions": _versions(),
     }
@@ -439,6 +464,32 @@ def finetune_model(
     os.replace(staging, out)
     log(f"saved adapter and run.json to {out}")
     return model, tokenizer, summary
+
+
+@torch.no_grad()
+def check_reload(model, folder: Path, examples, pad_id: int, device, adapter_name: str = "reloaded"):
+    """Load the adapter just saved to `folder` next to the trained one (peft's load_adapter, on the same
+    base weights) and compare the two adapters' fp32 logits on up to 4 examples, in eval mode."""
+    batch = lora_data.collate(examples[:4], pad_id)
+    inputs = {key: batch[key].to(device) for key in ("input_ids", "attention_mask")}
+    trained_adapter = model.active_adapter
+    was_training = model.training
+    model.eval()
+    try:
+        trained = model(**inputs).logits
+        model.load_adapter(str(folder), adapter_name=adapter_name)
+        model.set_adapter(adapter_name)
+        reloaded = model(**inputs).logits
+    finally:
+        model.set_adapter(trained_adapter)
+        if adapter_name in model.peft_config:
+            model.delete_adapter(adapter_name)
+        model.train(was_training)
+    return {
+        "identical": bool(torch.equal(trained, reloaded)),
+        "max_abs_diff": float((trained - reloaded).abs().max()),
+        "tokens": int(inputs["attention_mask"].sum()),
+    }
 
 
 def _versions() -> Dict[str, str]:

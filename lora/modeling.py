@@ -130,7 +130,24 @@ def load_model(source: ModelSource):
 
     kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
     model = AutoModelForCausalLM.from_pretrained(source.name_or_path, dtype=torch.float32, **kwargs)
+    if source.gguf_file:
+        _drop_dequantized_gguf_quantizer(model)
     return model
+
+
+def _drop_dequantized_gguf_quantizer(model) -> None:
+    """A GGUF loaded without packed-weight kernels is dequantized into plain fp32 layers, but transformers
+    keeps its GGUF quantizer attached, and save_pretrained then refuses the model ("quantized with gguf and
+    is not serializable") -- which broke lora.merge on smollm2. With no layer left packed, the model is an
+    ordinary one: the quantizer and its config entry are dropped."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None or type(quantizer).__name__ != "GgufHfQuantizer":
+        return
+    if getattr(quantizer, "packed_modules", None):
+        return  # weights kept in GGUF blocks: really quantized, leave it alone
+    model.hf_quantizer = None
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
 
 
 def load_model_and_tokenizer(model: str, tokenizer: Optional[str] = None):

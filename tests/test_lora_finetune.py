@@ -56,6 +56,7 @@ def test_training_lowers_heldout_loss_and_writes_run_json(gpt2_run):
     assert recorded["steps"] == len(recorded["history"]) == 8  # 32 samples / batch 4
     assert recorded["train_samples"] == 32 and recorded["eval_samples"] == 8
     assert set(recorded["probes"]) == {"plain", "instruction"}
+    assert recorded["reload_check"]["identical"] is True and recorded["reload_check"]["max_abs_diff"] == 0.0
     assert recorded["settings"]["r"] == 4 and recorded["settings"]["target_modules"] == ["attention"]
     assert all(set(h) == {"step", "loss", "lr", "grad_norm"} for h in recorded["history"])
     # Linear decay from the peak learning rate, as logged.
@@ -89,6 +90,9 @@ def test_merged_model_matches_adapter_model(gpt2_run, tiny_gpt2, tmp_path):
     with torch.no_grad():
         difference = (merged(input_ids=ids).logits - model(input_ids=ids).logits).abs().max().item()
     assert difference <= 1e-5
+    check = json.loads((merged_dir / "merge_check.json").read_text())
+    assert check["fp64_exact"] and check["fp64_merged_vs_adapter"] <= 1e-9 and check["saved_logits_equal"]
+    assert check["fp32_merged_vs_adapter"] <= 1e-5
     assert (merged_dir / "tokenizer_config.json").is_file()
     with pytest.raises(FileExistsError, match="--overwrite"):
         merge_adapter(out, merged_dir, log=lambda _: None)

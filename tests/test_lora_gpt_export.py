@@ -1,6 +1,8 @@
 """The pipeline's last link: a model trained by gpt/ (exported with `save_hf`) is fine-tuned by lora/, the
 held-out loss drops, and the merged model's logits equal the adapter model's."""
 
+import json
+
 import pytest
 
 pytest.importorskip("peft")
@@ -48,3 +50,6 @@ def test_lora_fine_tunes_a_gpt_export_and_merges_exactly(exported_gpt, tmp_path)
     with torch.no_grad():
         difference = (merged(input_ids=ids).logits - model(input_ids=ids).logits).abs().max().item()
     assert difference <= 1e-5
+    check = json.loads((tmp_path / "merged" / "merge_check.json").read_text())
+    assert check["fp64_exact"] and check["fp64_merged_vs_adapter"] <= 1e-9 and check["saved_logits_equal"]
+    assert summary["reload_check"]["identical"]
