@@ -15,9 +15,9 @@
 //! - Merges with many occurrences are cut at chunk boundaries and merged by several threads,
 //!   each into its own `MergeDelta`; the results are combined in position order, so the output
 //!   never depends on the thread count. Small merges stay on one thread (hand-off cost).
-//! - Rejected: per-word symbol vectors re-scanned per merge (what most trainers do) touch whole
-//!   words for one occurrence; a counts array indexed by pair id kept in every node (saves the
-//!   hash probe of a removal but grows nodes to 20 bytes, i.e. more misses on the hot path).
+//! - Not chosen: per-word symbol vectors re-scanned per merge (what most trainers do) touch whole
+//!   words for one occurrence. Not tried yet: a pair id kept in every node (would save the
+//!   hash probe of a removal, but grows nodes to 20 bytes: more misses on the hot path).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
