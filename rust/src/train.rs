@@ -80,43 +80,76 @@ struct Arena {
 }
 
 impl Arena {
-    fn build<'a>(chunks: impl IntoIterator<Item = (&'a [u8], u64)>) -> Result<Arena> {
+    /// Lays the chunks out one after another; `parts` threads fill disjoint ranges of chunks.
+    fn build<'a>(
+        chunks: impl IntoIterator<Item = (&'a [u8], u64)>,
+        parts: usize,
+        num_threads: usize,
+    ) -> Result<Arena> {
         // Single bytes and unused chunks hold no pair: leaving them out changes no count.
         let chunks: Vec<(&[u8], u64)> = chunks
             .into_iter()
             .filter(|(bytes, count)| bytes.len() >= 2 && *count > 0)
             .collect();
-        let total: usize = chunks.iter().map(|(bytes, _)| bytes.len()).sum();
-        if total >= NONE as usize {
-            return Err(Error::InvalidArgument(
-                "distinct chunks exceed 4 GiB; train on less data or use a splitting pattern"
-                    .into(),
-            ));
-        }
-        let mut nodes = Vec::with_capacity(total);
-        let mut huge = FxHashMap::default();
         let mut chunk_starts = Vec::with_capacity(chunks.len());
-        for (bytes, count) in chunks {
-            let start = nodes.len() as u32;
+        let mut huge = FxHashMap::default();
+        let mut total = 0usize;
+        for (bytes, count) in &chunks {
+            if total + bytes.len() >= NONE as usize {
+                return Err(Error::InvalidArgument(
+                    "distinct chunks exceed 4 GiB; train on less data or use a splitting pattern"
+                        .into(),
+                ));
+            }
+            let start = total as u32;
             chunk_starts.push(start);
-            let last = bytes.len() - 1;
-            let weight = match u32::try_from(count) {
-                Ok(small) if small != HUGE_WEIGHT => small,
-                _ => {
-                    huge.extend((0..bytes.len() as u32).map(|i| (start + i, count)));
-                    HUGE_WEIGHT
-                }
-            };
-            nodes.extend(bytes.iter().enumerate().map(|(i, &b)| {
-                let pos = start + i as u32;
-                Node {
-                    symbol: u32::from(b),
-                    prev: if i == 0 { NONE } else { pos - 1 },
-                    next: if i == last { NONE } else { pos + 1 },
-                    weight,
-                }
-            }));
+            if small_weight(*count).is_none() {
+                huge.extend((0..bytes.len() as u32).map(|i| (start + i, *count)));
+            }
+            total += bytes.len();
         }
+        let blank = Node {
+            symbol: 0,
+            prev: NONE,
+            next: NONE,
+            weight: 0,
+        };
+        let mut nodes = vec![blank; total];
+        let parts = parts.clamp(1, chunks.len().max(1));
+        let mut jobs = Vec::with_capacity(parts);
+        let mut rest: &mut [Node] = &mut nodes;
+        for part in 0..parts {
+            let (first, end) = (
+                part * chunks.len() / parts,
+                (part + 1) * chunks.len() / parts,
+            );
+            let limit = chunk_starts.get(end).map_or(total, |&start| start as usize);
+            let base = chunk_starts
+                .get(first)
+                .map_or(total, |&start| start as usize);
+            let (mine, others) = std::mem::take(&mut rest).split_at_mut(limit - base);
+            rest = others;
+            jobs.push((mine, base as u32, &chunks[first..end]));
+        }
+        with_threads(num_threads, || {
+            jobs.into_par_iter().for_each(|(nodes, base, chunks)| {
+                let mut pos = base;
+                let mut out = nodes.iter_mut();
+                for (bytes, count) in chunks {
+                    let weight = small_weight(*count).unwrap_or(HUGE_WEIGHT);
+                    let last = bytes.len() - 1;
+                    for (i, (&b, node)) in bytes.iter().zip(out.by_ref()).enumerate() {
+                        *node = Node {
+                            symbol: u32::from(b),
+                            prev: if i == 0 { NONE } else { pos - 1 },
+                            next: if i == last { NONE } else { pos + 1 },
+                            weight,
+                        };
+                        pos += 1;
+                    }
+                }
+            })
+        })?;
         Ok(Arena {
             nodes,
             chunk_starts,
@@ -129,6 +162,13 @@ impl Arena {
         let after = self.chunk_starts.partition_point(|&start| start <= pos);
         self.chunk_starts[after - 1]
     }
+}
+
+/// A count as stored in a node, or None when it needs the side table.
+fn small_weight(count: u64) -> Option<u32> {
+    u32::try_from(count)
+        .ok()
+        .filter(|&small| small != HUGE_WEIGHT)
 }
 
 /// The count of the chunk that position `pos` (holding `node`) belongs to.
@@ -294,15 +334,37 @@ struct PairEntry {
 impl PairStats {
     /// Counts every adjacent pair of the freshly built arena. Before any merge all symbols are
     /// bytes, so a 64K-entry table indexed by the two bytes replaces hashing 2 per position.
-    fn initial(arena: &Arena) -> PairStats {
-        let mut counts = vec![0u64; 1 << 16];
-        let mut places: Vec<Vec<u32>> = vec![Vec::new(); 1 << 16];
-        for (pos, node) in arena.nodes.iter().enumerate() {
-            if node.next != NONE {
-                let index =
-                    ((node.symbol as usize) << 8) | arena.nodes[node.next as usize].symbol as usize;
-                counts[index] += weight_of(&arena.huge, pos as u32, node);
-                places[index].push(pos as u32);
+    /// `parts` threads count disjoint position ranges; their lists are joined in range order, so
+    /// every place list is sorted.
+    fn initial(arena: &Arena, parts: usize, num_threads: usize) -> Result<PairStats> {
+        let nodes = &arena.nodes;
+        let parts = parts.max(1);
+        let partials: Vec<(Vec<u64>, Vec<Vec<u32>>)> = with_threads(num_threads, || {
+            (0..parts)
+                .into_par_iter()
+                .map(|part| {
+                    let mut counts = vec![0u64; 1 << 16];
+                    let mut places: Vec<Vec<u32>> = vec![Vec::new(); 1 << 16];
+                    let range = part * nodes.len() / parts..(part + 1) * nodes.len() / parts;
+                    for pos in range {
+                        let node = &nodes[pos];
+                        if node.next != NONE {
+                            let index = ((node.symbol as usize) << 8)
+                                | nodes[node.next as usize].symbol as usize;
+                            counts[index] += weight_of(&arena.huge, pos as u32, node);
+                            places[index].push(pos as u32);
+                        }
+                    }
+                    (counts, places)
+                })
+                .collect()
+        })?;
+        let mut partials = partials.into_iter();
+        let (mut counts, mut places) = partials.next().expect("at least one part");
+        for (more_counts, more_places) in partials {
+            for (index, list) in more_places.into_iter().enumerate() {
+                counts[index] += more_counts[index];
+                places[index].extend_from_slice(&list);
             }
         }
         let mut stats = PairStats {
@@ -324,7 +386,7 @@ impl PairStats {
                 );
             }
         }
-        stats
+        Ok(stats)
     }
 
     /// Adds `weight` occurrences at `places` (a new entry if the pair was never seen); returns the
@@ -449,7 +511,12 @@ pub fn train_merges<'a>(
     options: &TrainOptions,
     progress: &mut dyn FnMut(usize) -> Result<()>,
 ) -> Result<Vec<(u32, u32)>> {
-    let mut arena = Arena::build(chunks)?;
+    let parts = match options.num_threads {
+        0 => rayon::current_num_threads(),
+        n => n,
+    }
+    .max(1);
+    let mut arena = Arena::build(chunks, parts, options.num_threads)?;
     let min_frequency = options.min_frequency.max(1);
     let max_len = options.max_token_length.unwrap_or(usize::MAX);
     let mut token_len: Vec<usize> = vec![1; 256];
@@ -458,7 +525,7 @@ pub fn train_merges<'a>(
         token_len[l as usize] + token_len[r as usize] <= max_len
     };
 
-    let mut stats = PairStats::initial(&arena);
+    let mut stats = PairStats::initial(&arena, parts, options.num_threads)?;
     let mut initial: Vec<(u64, Reverse<PairKey>)> = stats
         .entries
         .iter()
@@ -470,11 +537,7 @@ pub fn train_merges<'a>(
 
     let mut merges: Vec<(u32, u32)> = Vec::new();
     let mut touched: Vec<(PairKey, u64)> = Vec::new();
-    let parts = match options.num_threads {
-        0 => rayon::current_num_threads(),
-        n => n,
-    };
-    let mut deltas: Vec<MergeDelta> = (0..parts.max(1)).map(|_| MergeDelta::default()).collect();
+    let mut deltas: Vec<MergeDelta> = (0..parts).map(|_| MergeDelta::default()).collect();
     while merges.len() < options.num_merges {
         let Some((count, Reverse(pair))) = stats.heap.pop() else {
             break;
