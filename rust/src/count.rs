@@ -46,6 +46,11 @@ impl ChunkCounter {
         self
     }
 
+    /// Threads to use (0 = rayon's global pool).
+    pub fn num_threads(&self) -> usize {
+        self.num_threads
+    }
+
     pub fn pattern(&self) -> &Pattern {
         &self.pattern
     }

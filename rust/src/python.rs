@@ -134,6 +134,7 @@ impl PyChunkCounter {
                 num_merges,
                 min_frequency,
                 max_token_length,
+                num_threads: self.inner.num_threads(),
             };
             let mut callback_error: Option<PyErr> = None;
             let result = py.allow_threads(|| {

@@ -69,7 +69,7 @@ mod tests {
             words in prop::collection::vec(("[abc ]{1,30}", 1u64..4), 1..10),
             n in 1usize..50,
         ) {
-            let options = TrainOptions { num_merges: n, min_frequency: 1, max_token_length: None };
+            let options = TrainOptions { num_merges: n, min_frequency: 1, max_token_length: None, num_threads: 1 };
             let merges = train_merges(words.iter().map(|(w, c)| (w.as_bytes(), *c)), &options, &mut |_| Ok(())).unwrap();
             let mut tokens: Vec<(u32, Vec<u8>)> = (0..=255u8).map(|b| (u32::from(b), vec![b])).collect();
             for (k, &(l, r)) in merges.iter().enumerate() {

@@ -101,6 +101,10 @@ pub struct Tokenizer {
     identity: u64,
 }
 
+/// Longest token kept in the whole-chunk lookup (the longest GPT-2, cl100k and o200k tokens
+/// are 128 bytes or shorter; longer chunks still encode exactly, through BPE).
+const WHOLE_TOKEN_MAX_LEN: usize = 256;
+
 impl std::fmt::Debug for SpecialMatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SpecialMatcher")
@@ -221,9 +225,12 @@ impl Tokenizer {
         }
 
         // A chunk equal to a token's bytes may skip BPE only if BPE would give that token anyway.
+        // Only a shortcut, so tokens longer than WHOLE_TOKEN_MAX_LEN are left out: proving them
+        // costs a BPE run each, and training on one long run ("aaaa...") makes tokens of up to
+        // half the run's length, whose checks took longer than the training itself.
         let whole: FxHashMap<Vec<u8>, u32> = tokens
             .par_iter()
-            .filter(|(_, bytes)| bytes.len() > 1)
+            .filter(|(_, bytes)| (2..=WHOLE_TOKEN_MAX_LEN).contains(&bytes.len()))
             .filter_map(|(id, bytes)| {
                 let mut parts = Vec::new();
                 merger.encode(bytes, &mut parts);
@@ -512,6 +519,7 @@ mod tests {
             num_merges: merges,
             min_frequency: 1,
             max_token_length: None,
+            num_threads: 1,
         };
         let counts = counter.counts().iter().map(|(b, n)| (b.as_slice(), *n));
         let merges = train_merges(counts, &options, &mut |_| Ok(())).unwrap();
