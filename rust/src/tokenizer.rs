@@ -695,5 +695,17 @@ mod tests {
             crate::recover::recover_merges(tok.tokens()).unwrap(),
             tok.merges()
         );
+        // GPT-2's merges are monotone, so long chunks take the bucket queue; check it on the
+        // pathological inputs of the benchmarks (one long chunk each) against the naive encoder.
+        assert!(tok.merger.is_monotone());
+        let word: String = (0..3000u32)
+            .map(|i| char::from(b'a' + (i.wrapping_mul(2_654_435_761) >> 24) as u8 % 26))
+            .collect();
+        for text in ["a".repeat(1000), "^".repeat(777), " ".repeat(300), word] {
+            assert_eq!(
+                tok.encode_ordinary(&text).unwrap(),
+                naive_encode(&tok, &text)
+            );
+        }
     }
 }
