@@ -8,7 +8,6 @@
 
 use std::ops::Range;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use crate::error::Result;
@@ -50,71 +49,101 @@ pub fn split_units(lengths: &[usize], num_threads: usize) -> Vec<Range<usize>> {
     units
 }
 
-struct Shared<T> {
-    /// The next unit nobody has claimed yet (it runs past `units` once all are claimed).
-    next: AtomicUsize,
-    units: usize,
+struct State<T> {
+    /// Units whose inputs are ready (`prepare` has run for `0..prepared`).
+    prepared: usize,
+    /// The next unit nobody has claimed yet.
+    next: usize,
     /// Set when the calling thread stops taking results (an error, a panic): claim no more units.
-    stop: AtomicBool,
+    stop: bool,
     /// Each unit's result (or its panic), from its end until the calling thread takes it.
-    done: Mutex<Vec<Option<std::thread::Result<T>>>>,
-    ready: Condvar,
+    done: Vec<Option<std::thread::Result<T>>>,
+}
+
+struct Shared<T> {
+    units: usize,
+    state: Mutex<State<T>>,
+    /// Notified when a unit is prepared or done, and on stop.
+    changed: Condvar,
 }
 
 impl<T> Shared<T> {
-    fn claim(&self) -> Option<usize> {
-        if self.stop.load(Ordering::Relaxed) {
-            return None;
-        }
-        let unit = self.next.fetch_add(1, Ordering::Relaxed);
-        (unit < self.units).then_some(unit)
+    fn state(&self) -> MutexGuard<'_, State<T>> {
+        // Nothing panics while holding the lock (`prepare`, `produce` and `consume` run outside
+        // it), so a poisoned lock still holds valid data.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn done(&self) -> MutexGuard<'_, Vec<Option<std::thread::Result<T>>>> {
-        // Nothing panics while holding the lock (`produce` runs outside it), so a poisoned lock
-        // still holds valid data.
-        self.done.lock().unwrap_or_else(|e| e.into_inner())
+    fn wait<'a>(&self, state: MutexGuard<'a, State<T>>) -> MutexGuard<'a, State<T>> {
+        self.changed.wait(state).unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update(&self, change: impl FnOnce(&mut State<T>)) {
+        change(&mut self.state());
+        self.changed.notify_all();
+    }
+
+    /// The next unit to produce, once it is prepared; None when all are claimed or on stop.
+    fn claim(&self) -> Option<usize> {
+        let mut state = self.state();
+        loop {
+            if state.stop || state.next >= self.units {
+                return None;
+            }
+            if state.next < state.prepared {
+                state.next += 1;
+                return Some(state.next - 1);
+            }
+            state = self.wait(state);
+        }
     }
 
     fn run(&self, unit: usize, produce: &(impl Fn(usize) -> T + Sync)) {
         // A panic is handed to the calling thread with the unit, which re-raises it in order;
         // a worker that let it unwind would leave the calling thread waiting for the unit forever.
         let result = catch_unwind(AssertUnwindSafe(|| produce(unit)));
-        self.done()[unit] = Some(result);
-        self.ready.notify_all();
+        self.update(|state| state.done[unit] = Some(result));
     }
 }
 
-/// Sets `stop` when the calling thread leaves its loop, normally or not.
-struct StopOnDrop<'a>(&'a AtomicBool);
+/// Stops the workers when the calling thread leaves its loop, normally or not.
+struct StopOnDrop<'a, T>(&'a Shared<T>);
 
-impl Drop for StopOnDrop<'_> {
+impl<T> Drop for StopOnDrop<'_, T> {
     fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.0.update(|state| state.stop = true);
     }
 }
 
 /// Runs `produce(unit)` for every unit in `0..units` on `num_threads` threads (0 = rayon's global
 /// pool) and hands every result to `consume` on the calling thread, in unit order, as soon as it
-/// and all before it are done. The calling thread runs `produce` (and waits) only through
-/// `unlocked`, which may release a lock around it (the binding releases the GIL) and must call
-/// the function it is given exactly once.
+/// and all before it are done.
 ///
-/// Returns `consume`'s first error, after which no further unit is started (those running finish).
-/// A panic in `produce` reaches the caller when its unit's turn comes.
+/// The calling thread first runs `prepare(unit)` for every unit in order (a unit is produced only
+/// once prepared, so pool threads start on the first units while it prepares the rest), then
+/// consumes, producing units itself when the next result is not ready. It runs `produce` (and
+/// waits) only through `unlocked`, which may release a lock around it (the binding releases the
+/// GIL) and must call the function it is given exactly once.
+///
+/// Returns the first error of `prepare` or `consume`, after which no further unit is started
+/// (those running finish). A panic in `produce` reaches the caller when its unit's turn comes.
 pub fn run_ordered<T: Send, E>(
     units: usize,
     num_threads: usize,
+    mut prepare: impl FnMut(usize) -> std::result::Result<(), E>,
     produce: impl Fn(usize) -> T + Sync,
     mut consume: impl FnMut(usize, T) -> std::result::Result<(), E>,
     unlocked: impl Fn(&(dyn Fn() + Sync)),
 ) -> Result<std::result::Result<(), E>> {
     let shared = Shared {
-        next: AtomicUsize::new(0),
         units,
-        stop: AtomicBool::new(false),
-        done: Mutex::new((0..units).map(|_| None).collect()),
-        ready: Condvar::new(),
+        state: Mutex::new(State {
+            prepared: 0,
+            next: 0,
+            stop: false,
+            done: (0..units).map(|_| None).collect(),
+        }),
+        changed: Condvar::new(),
     };
     let (shared, produce) = (&shared, &produce);
     in_place_scope(num_threads, |scope, threads| {
@@ -127,19 +156,23 @@ pub fn run_ordered<T: Send, E>(
                 }
             });
         }
-        let _stop = StopOnDrop(&shared.stop);
+        let _stop = StopOnDrop(shared);
+        for unit in 0..units {
+            prepare(unit)?;
+            shared.update(|state| state.prepared = unit + 1);
+        }
         for unit in 0..units {
             let result = loop {
-                if let Some(result) = shared.done()[unit].take() {
+                if let Some(result) = shared.state().done[unit].take() {
                     break result;
                 }
                 match shared.claim() {
                     Some(other) => unlocked(&|| shared.run(other, produce)),
                     // Every unit is claimed, so `unit` is being produced by a worker: wait for it.
                     None => unlocked(&|| {
-                        let mut done = shared.done();
-                        while done[unit].is_none() {
-                            done = shared.ready.wait(done).unwrap_or_else(|e| e.into_inner());
+                        let mut state = shared.state();
+                        while state.done[unit].is_none() {
+                            state = shared.wait(state);
                         }
                     }),
                 }
@@ -156,7 +189,7 @@ pub fn run_ordered<T: Send, E>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
     fn units_cover_all_items_in_order() {
@@ -185,6 +218,7 @@ mod tests {
         run_ordered(
             units,
             threads,
+            |_| Ok(()),
             |unit| unit * unit,
             |unit, value| {
                 seen.push((unit, value));
@@ -217,6 +251,7 @@ mod tests {
         let outcome = run_ordered(
             10_000,
             2,
+            |_| Ok(()),
             |unit| {
                 produced.fetch_add(1, Ordering::Relaxed);
                 unit
@@ -244,6 +279,7 @@ mod tests {
                 run_ordered(
                     50,
                     threads,
+                    |_| Ok(()),
                     |unit| {
                         if unit == 7 {
                             panic!("unit seven");
@@ -256,6 +292,55 @@ mod tests {
             }));
             let payload = caught.unwrap_err();
             assert_eq!(payload.downcast_ref::<&str>(), Some(&"unit seven"));
+        }
+    }
+
+    #[test]
+    fn units_are_produced_only_once_prepared() {
+        for threads in [1, 2, 4] {
+            let inputs: Vec<Mutex<Option<usize>>> = (0..200).map(|_| Mutex::new(None)).collect();
+            let mut seen = Vec::new();
+            run_ordered(
+                inputs.len(),
+                threads,
+                |unit| {
+                    std::thread::yield_now();
+                    *inputs[unit].lock().unwrap() = Some(unit + 1);
+                    Ok::<_, ()>(())
+                },
+                |unit| inputs[unit].lock().unwrap().take().expect("prepared") * 10,
+                |_, value| {
+                    seen.push(value);
+                    Ok(())
+                },
+                |work| work(),
+            )
+            .unwrap()
+            .unwrap();
+            assert_eq!(seen, (1..=200).map(|v| v * 10).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn prepare_error_stops_everything() {
+        for threads in [1, 2, 4] {
+            let produced = AtomicUsize::new(0);
+            let highest = AtomicUsize::new(0);
+            let outcome = run_ordered(
+                100,
+                threads,
+                |unit| if unit == 5 { Err(unit) } else { Ok(()) },
+                |unit| {
+                    produced.fetch_add(1, Ordering::Relaxed);
+                    highest.fetch_max(unit, Ordering::Relaxed);
+                },
+                |_, _| Ok(()),
+                |work| work(),
+            )
+            .unwrap();
+            assert_eq!(outcome, Err(5));
+            assert!(produced.load(Ordering::Relaxed) <= 5);
+            assert!(highest.load(Ordering::Relaxed) < 5);
         }
     }
 }

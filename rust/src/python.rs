@@ -124,9 +124,8 @@ fn indexed_ids(
     Ok(out)
 }
 
-/// The UTF-8 bytes of each str of `texts` (any iterable), kept as Python bytes objects so that
-/// the GIL-free encoding can read them in place. A non-str item is a TypeError naming its index.
-fn utf8_texts<'py>(texts: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+/// The strs of `texts` (any iterable but a str); a non-str item is a TypeError naming its index.
+fn str_items<'py>(texts: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyString>>> {
     if texts.is_instance_of::<PyString>() {
         return Err(PyTypeError::new_err(
             "texts must be a sequence of str, not a str",
@@ -135,14 +134,15 @@ fn utf8_texts<'py>(texts: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyBytes
     let mut out = Vec::with_capacity(texts.len().unwrap_or(0));
     for (index, text) in texts.try_iter()?.enumerate() {
         let text = text?;
-        let Ok(text) = text.downcast::<PyString>() else {
-            return Err(PyTypeError::new_err(format!(
-                "texts[{index}] must be a str, got {}",
-                text.get_type().name()?
-            )));
-        };
-        // Strict UTF-8: a lone surrogate raises UnicodeEncodeError here.
-        out.push(text.encode_utf8()?);
+        match text.downcast_into::<PyString>() {
+            Ok(text) => out.push(text),
+            Err(err) => {
+                return Err(PyTypeError::new_err(format!(
+                    "texts[{index}] must be a str, got {}",
+                    err.into_inner().get_type().name()?
+                )))
+            }
+        }
     }
     Ok(out)
 }
@@ -389,8 +389,9 @@ impl PyTokenizer {
         })
     }
 
-    /// Pool threads encode runs of documents (GIL released) while this thread turns the runs
-    /// already encoded into Python lists, in order, and encodes runs itself when none is ready.
+    /// This thread makes each run of documents' UTF-8 (the pool starts encoding the first runs
+    /// meanwhile, GIL released), then turns the runs already encoded into Python lists, in order,
+    /// and encodes runs itself when none is ready.
     #[pyo3(signature = (texts, allowed_special, num_threads = 0))]
     fn encode_batch<'py>(
         &self,
@@ -402,39 +403,48 @@ impl PyTokenizer {
         guarded(|| {
             let matcher = self.matcher(&allowed_special)?;
             let matcher = matcher.as_deref();
-            let utf8 = utf8_texts(texts)?;
-            // Python bytes are immutable and `utf8` keeps them alive: reading them without the
-            // GIL is sound.
-            let texts: Vec<&[u8]> = utf8.iter().map(|b| b.as_bytes()).collect();
-            let lengths: Vec<usize> = texts.iter().map(|t| t.len()).collect();
+            let texts = str_items(texts)?;
+            // Units by length in characters (O(1) per str): their UTF-8 is made in `prepare`.
+            let lengths = texts
+                .iter()
+                .map(|t| t.len())
+                .collect::<PyResult<Vec<_>>>()?;
             let units = split_units(&lengths, num_threads);
+            // Each unit's texts as Rust strings, from `prepare` until `encode_unit` takes them.
+            let inputs: Vec<Mutex<Option<Vec<String>>>> =
+                units.iter().map(|_| Mutex::new(None)).collect();
+            let input = |unit: usize| inputs[unit].lock().unwrap_or_else(|e| e.into_inner());
+            let prepare = |unit: usize| -> PyResult<()> {
+                // Strict UTF-8: a lone surrogate raises UnicodeEncodeError here.
+                let strings = texts[units[unit].clone()]
+                    .iter()
+                    .map(|t| t.to_cow().map(|s| s.into_owned()))
+                    .collect::<PyResult<Vec<String>>>()?;
+                *input(unit) = Some(strings);
+                Ok(())
+            };
             let inner = &*self.inner;
             let encode_unit = |unit: usize| -> crate::Result<Vec<Vec<u32>>> {
-                let start = units[unit].start;
-                texts[units[unit].clone()]
-                    .iter()
-                    .enumerate()
-                    .map(|(offset, text)| {
-                        let text = std::str::from_utf8(text).map_err(|_| {
-                            Error::InvalidArgument(format!(
-                                "texts[{}] is not valid UTF-8",
-                                start + offset
-                            ))
-                        })?;
-                        inner.encode(text, matcher)
-                    })
-                    .collect()
+                let strings = input(unit).take().unwrap_or_default();
+                strings.iter().map(|t| inner.encode(t, matcher)).collect()
             };
             let mut lists = Vec::with_capacity(texts.len());
             run_ordered(
                 units.len(),
                 num_threads,
+                prepare,
                 encode_unit,
-                |_, encoded| {
-                    for ids in encoded.map_err(to_py_err)? {
+                |unit, encoded| {
+                    let encoded = encoded.map_err(to_py_err)?;
+                    if encoded.len() != units[unit].len() {
+                        return Err(PyValueError::new_err(
+                            "internal error: a unit was not prepared",
+                        ));
+                    }
+                    for ids in encoded {
                         lists.push(self.id_list(py, &ids)?);
                     }
-                    Ok::<_, PyErr>(())
+                    Ok(())
                 },
                 |work| py.allow_threads(work),
             )
