@@ -9,7 +9,7 @@ offset: never a PanicException.
 Patterns: "gpt2", "gpt4" (cl100k), "o200k", "raw", or any other string = a custom regex.
 """
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 class ChunkCounter:
     """Pre-tokenizes documents and counts distinct chunks (bytes -> u64 count), in parallel.
@@ -57,13 +57,18 @@ class CoreTokenizer:
     def special_tokens(self) -> list[tuple[str, int]]: ...
     # ValueError for an unknown id; special tokens give their UTF-8 text
     def token_bytes(self, id: int) -> bytes: ...
+    # The ints in returned lists are shared, per tokenizer, between all the lists it returns
+    # (Python ints are immutable: only `is` can tell).
     def encode_ordinary(self, text: str) -> list[int]: ...
     def encode(self, text: str, allowed_special: Sequence[str]) -> list[int]:
         """Special tokens in `allowed_special` are emitted as their ids; all other text is ordinary.
         (The disallowed-special check is done by the Python layer before calling.)"""
     def encode_batch(
-        self, texts: Sequence[str], allowed_special: Sequence[str], num_threads: int = 0
-    ) -> list[list[int]]: ...  # GIL released, parallel over texts
+        self, texts: Iterable[str], allowed_special: Sequence[str], num_threads: int = 0
+    ) -> list[list[int]]:
+        """`encode` of each text, in parallel with the GIL released; meanwhile the calling thread
+        builds the lists of the texts already encoded (in order) and encodes when none is ready.
+        TypeError naming the index of a non-str item; UnicodeEncodeError for a lone surrogate."""
     def encode_to_buffer(self, text: str, allowed_special: Sequence[str]) -> bytes:
         """Token ids as little-endian uint32 bytes (for numpy.frombuffer) - no Python int per token."""
     def encode_batch_to_buffer(
@@ -75,8 +80,9 @@ class CoreTokenizer:
     ) -> tuple[bytes, bytes]:
         """All documents' ids concatenated as LE uint32 bytes, and LE uint64 end offsets (one per text).
         `prefix_id` (e.g. <|endoftext|>) is put before every document. Used by gpt.prepare."""
-    def decode_bytes(self, ids: Sequence[int]) -> bytes:
-        """Exact bytes; ValueError naming the first unknown id (and its position)."""
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """Exact bytes of a list, tuple or any iterable of ints (numpy integers too); ValueError naming
+        the first unknown id or non-int item, and its position."""
     def decode_buffer(self, ids: bytes) -> bytes:
         """Same, from LE uint32 bytes (numpy array .tobytes())."""
 

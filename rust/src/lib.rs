@@ -5,6 +5,7 @@ pub mod count;
 pub mod encode;
 pub mod error;
 pub mod fast_split;
+pub mod ordered;
 pub mod pretokenize;
 pub mod recover;
 pub mod threads;

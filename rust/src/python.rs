@@ -5,14 +5,16 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyOverflowError, PyTypeError, PyValueError};
+use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
 use crate::count::ChunkCounter;
 use crate::error::Error;
+use crate::ordered::{run_ordered, split_units};
 use crate::pretokenize::Pattern;
 use crate::recover::recover_merges as core_recover_merges;
 use crate::tokenizer::Tokenizer;
@@ -52,24 +54,102 @@ fn extract_arg<'py, T: FromPyObject<'py>>(value: &Bound<'py, PyAny>, name: &str)
         .map_err(|e| PyValueError::new_err(format!("{name}: {e}")))
 }
 
-/// Token ids from any sequence of ints; a bad element is a ValueError naming it and its position.
-fn extract_ids(ids: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
-    if let Ok(fast) = ids.extract::<Vec<u64>>() {
-        return Ok(fast);
+/// One token id: an int (or an object with `__index__`, like a numpy integer). A negative or too
+/// large int is a ValueError naming it and its position, as is anything else.
+fn id_of(item: &Bound<'_, PyAny>, position: usize) -> PyResult<u32> {
+    let unknown =
+        || PyValueError::new_err(format!("unknown token id {item} at position {position}"));
+    match item.extract::<u64>() {
+        Ok(id) => u32::try_from(id).map_err(|_| unknown()),
+        Err(err) if err.is_instance_of::<PyOverflowError>(item.py()) => Err(unknown()),
+        Err(_) => Err(PyValueError::new_err(format!(
+            "token id at position {position} is {}, not an int",
+            item.repr()?
+        ))),
+    }
+}
+
+/// Token ids from a list, a tuple or any other iterable of ints (see `id_of`).
+fn extract_ids(ids: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
+    if let Ok(list) = ids.downcast::<PyList>() {
+        return indexed_ids(list.as_any(), list.len(), ffi::PyList_GetItem);
+    }
+    if let Ok(tuple) = ids.downcast::<PyTuple>() {
+        return indexed_ids(tuple.as_any(), tuple.len(), ffi::PyTuple_GetItem);
+    }
+    if ids.is_instance_of::<PyString>() {
+        return Err(PyValueError::new_err("token ids must be ints, not a str"));
     }
     let mut out = Vec::new();
     for (position, item) in ids.try_iter()?.enumerate() {
-        let item = item?;
-        match item.extract::<u64>() {
-            Ok(id) => out.push(id),
-            Err(_) => {
-                return Err(PyValueError::new_err(format!(
-                    "unknown token id {item} at position {position}"
-                )));
+        out.push(id_of(&item?, position)?);
+    }
+    Ok(out)
+}
+
+/// Token ids from a list or tuple (`get_item` is PyList_GetItem or PyTuple_GetItem), at one C
+/// call for the item and one for its value: the safe per-item path (a new reference, a type
+/// check and the conversion, each a call under the stable ABI) was most of a decode call.
+fn indexed_ids(
+    sequence: &Bound<'_, PyAny>,
+    len: usize,
+    get_item: unsafe extern "C" fn(*mut ffi::PyObject, ffi::Py_ssize_t) -> *mut ffi::PyObject,
+) -> PyResult<Vec<u32>> {
+    let py = sequence.py();
+    let mut out = Vec::with_capacity(len);
+    for position in 0..len {
+        // SAFETY: the GIL is held and `sequence` is a live list/tuple matching `get_item`, which
+        // returns a borrowed reference or NULL with IndexError set (a list can shrink while the
+        // slow path below runs Python code). PyLong_AsUnsignedLongLong runs no Python code (it
+        // does not call `__index__`: a non-int only sets TypeError), so nothing can drop the item
+        // while it is borrowed; the slow path takes its own reference before anything else.
+        let id = unsafe {
+            let item = get_item(sequence.as_ptr(), position as ffi::Py_ssize_t);
+            if item.is_null() {
+                return Err(PyErr::fetch(py));
+            }
+            let value = ffi::PyLong_AsUnsignedLongLong(item);
+            match u32::try_from(value) {
+                Ok(id) => id,
+                Err(_) => {
+                    // Not an int (maybe a numpy integer), negative, or too large: clear the
+                    // error, if any, and redo it the general way, which names the bad item.
+                    drop(PyErr::take(py));
+                    id_of(&Bound::from_borrowed_ptr(py, item), position)?
+                }
+            }
+        };
+        out.push(id);
+    }
+    Ok(out)
+}
+
+/// The strs of `texts` (any iterable but a str); a non-str item is a TypeError naming its index.
+fn str_items<'py>(texts: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyString>>> {
+    if texts.is_instance_of::<PyString>() {
+        return Err(PyTypeError::new_err(
+            "texts must be a sequence of str, not a str",
+        ));
+    }
+    let mut out = Vec::with_capacity(texts.len().unwrap_or(0));
+    for (index, text) in texts.try_iter()?.enumerate() {
+        let text = text?;
+        match text.downcast_into::<PyString>() {
+            Ok(text) => out.push(text),
+            Err(err) => {
+                return Err(PyTypeError::new_err(format!(
+                    "texts[{index}] must be a str, got {}",
+                    err.into_inner().get_type().name()?
+                )))
             }
         }
     }
     Ok(out)
+}
+
+fn int(py: Python<'_>, id: u32) -> Bound<'_, PyAny> {
+    let Ok(value) = id.into_pyobject(py);
+    value.into_any()
 }
 
 fn le_bytes(ids: &[u32]) -> Vec<u8> {
@@ -168,12 +248,54 @@ impl PyChunkCounter {
     }
 }
 
+/// Python ints for ids below this are made once per tokenizer and shared by all the lists it
+/// returns (see `PyTokenizer::id_list`); larger ids (a sparse vocab) get fresh ints.
+const SHARED_INTS_MAX: usize = 1 << 18;
+
 #[pyclass(name = "CoreTokenizer", module = "bpe_fast._core", frozen)]
 struct PyTokenizer {
     inner: Arc<Tokenizer>,
+    /// id -> its Python int, made on first use.
+    ints: Mutex<Vec<Option<Py<PyAny>>>>,
 }
 
 impl PyTokenizer {
+    /// `ids` as a Python list. Making a Python int per token was about 40% of a one-document
+    /// encode call (allocating and freeing ~1M ints for 4 MB of English); Python ints are
+    /// immutable, so a list holds the tokenizer's shared int for each id instead.
+    fn id_list<'py>(&self, py: Python<'py>, ids: &[u32]) -> PyResult<Bound<'py, PyList>> {
+        // The lock is only taken with the GIL held, so `try_lock` fails only on re-entrance (a
+        // garbage-collector callback encoding with this tokenizer while a list is being built)
+        // or after a panic: then the list gets fresh ints.
+        let Ok(mut ints) = self.ints.try_lock() else {
+            return PyList::new(py, ids.iter().map(|&id| int(py, id)));
+        };
+        if ints.is_empty() {
+            let size = self.inner.vocab_size().min(SHARED_INTS_MAX);
+            ints.resize_with(size, || None);
+        }
+        PyList::new(
+            py,
+            ids.iter().map(|&id| match ints.get_mut(id as usize) {
+                Some(slot) => slot
+                    .get_or_insert_with(|| int(py, id).unbind())
+                    .bind(py)
+                    .clone(),
+                None => int(py, id),
+            }),
+        )
+    }
+
+    /// The bytes of `ids`, written straight into the new bytes object (GIL released).
+    fn decode_ids<'py>(&self, py: Python<'py>, ids: Vec<u32>) -> PyResult<Bound<'py, PyBytes>> {
+        let inner = &self.inner;
+        let len = inner.decoded_len(&ids).map_err(to_py_err)?;
+        PyBytes::new_with(py, len, |out| {
+            py.allow_threads(|| inner.decode_into(&ids, out))
+                .map_err(to_py_err)
+        })
+    }
+
     fn matcher(
         &self,
         allowed: &[String],
@@ -202,6 +324,7 @@ impl PyTokenizer {
                 .map_err(to_py_err)?;
             Ok(PyTokenizer {
                 inner: Arc::new(inner),
+                ints: Mutex::new(Vec::new()),
             })
         })
     }
@@ -238,47 +361,96 @@ impl PyTokenizer {
         id: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyBytes>> {
         guarded(|| {
-            let ids = extract_ids(&pyo3::types::PyTuple::new(py, [id])?.into_any())?;
-            let bytes = self.inner.decode_bytes(ids).map_err(to_py_err)?;
-            Ok(PyBytes::new(py, &bytes))
+            let bytes = self.inner.token_bytes(id_of(id, 0)?).map_err(to_py_err)?;
+            Ok(PyBytes::new(py, bytes))
         })
     }
 
-    fn encode_ordinary(&self, py: Python<'_>, text: String) -> PyResult<Vec<u32>> {
+    fn encode_ordinary<'py>(&self, py: Python<'py>, text: String) -> PyResult<Bound<'py, PyList>> {
         guarded(|| {
-            py.allow_threads(|| self.inner.encode_ordinary(&text))
-                .map_err(to_py_err)
+            let ids = py
+                .allow_threads(|| self.inner.encode_ordinary(&text))
+                .map_err(to_py_err)?;
+            self.id_list(py, &ids)
         })
     }
 
-    fn encode(
+    fn encode<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         text: String,
         allowed_special: Vec<String>,
-    ) -> PyResult<Vec<u32>> {
+    ) -> PyResult<Bound<'py, PyList>> {
         guarded(|| {
             let matcher = self.matcher(&allowed_special)?;
-            py.allow_threads(|| self.inner.encode(&text, matcher.as_deref()))
-                .map_err(to_py_err)
+            let ids = py
+                .allow_threads(|| self.inner.encode(&text, matcher.as_deref()))
+                .map_err(to_py_err)?;
+            self.id_list(py, &ids)
         })
     }
 
+    /// This thread makes each run of documents' UTF-8 (the pool starts encoding the first runs
+    /// meanwhile, GIL released), then turns the runs already encoded into Python lists, in order,
+    /// and encodes runs itself when none is ready.
     #[pyo3(signature = (texts, allowed_special, num_threads = 0))]
-    fn encode_batch(
+    fn encode_batch<'py>(
         &self,
-        py: Python<'_>,
-        texts: Vec<String>,
+        py: Python<'py>,
+        texts: &Bound<'py, PyAny>,
         allowed_special: Vec<String>,
         num_threads: usize,
-    ) -> PyResult<Vec<Vec<u32>>> {
+    ) -> PyResult<Bound<'py, PyList>> {
         guarded(|| {
             let matcher = self.matcher(&allowed_special)?;
-            py.allow_threads(|| {
-                self.inner
-                    .encode_batch(&texts, matcher.as_deref(), num_threads)
-            })
-            .map_err(to_py_err)
+            let matcher = matcher.as_deref();
+            let texts = str_items(texts)?;
+            // Units by length in characters (O(1) per str): their UTF-8 is made in `prepare`.
+            let lengths = texts
+                .iter()
+                .map(|t| t.len())
+                .collect::<PyResult<Vec<_>>>()?;
+            let units = split_units(&lengths, num_threads);
+            // Each unit's texts as Rust strings, from `prepare` until `encode_unit` takes them.
+            let inputs: Vec<Mutex<Option<Vec<String>>>> =
+                units.iter().map(|_| Mutex::new(None)).collect();
+            let input = |unit: usize| inputs[unit].lock().unwrap_or_else(|e| e.into_inner());
+            let prepare = |unit: usize| -> PyResult<()> {
+                // Strict UTF-8: a lone surrogate raises UnicodeEncodeError here.
+                let strings = texts[units[unit].clone()]
+                    .iter()
+                    .map(|t| t.to_cow().map(|s| s.into_owned()))
+                    .collect::<PyResult<Vec<String>>>()?;
+                *input(unit) = Some(strings);
+                Ok(())
+            };
+            let inner = &*self.inner;
+            let encode_unit = |unit: usize| -> crate::Result<Vec<Vec<u32>>> {
+                let strings = input(unit).take().unwrap_or_default();
+                strings.iter().map(|t| inner.encode(t, matcher)).collect()
+            };
+            let mut lists = Vec::with_capacity(texts.len());
+            run_ordered(
+                units.len(),
+                num_threads,
+                prepare,
+                encode_unit,
+                |unit, encoded| {
+                    let encoded = encoded.map_err(to_py_err)?;
+                    if encoded.len() != units[unit].len() {
+                        return Err(PyValueError::new_err(
+                            "internal error: a unit was not prepared",
+                        ));
+                    }
+                    for ids in encoded {
+                        lists.push(self.id_list(py, &ids)?);
+                    }
+                    Ok(())
+                },
+                |work| py.allow_threads(work),
+            )
+            .map_err(to_py_err)??;
+            PyList::new(py, lists)
         })
     }
 
@@ -335,10 +507,7 @@ impl PyTokenizer {
     ) -> PyResult<Bound<'py, PyBytes>> {
         guarded(|| {
             let ids = extract_ids(ids)?;
-            let bytes = py
-                .allow_threads(|| self.inner.decode_bytes(ids))
-                .map_err(to_py_err)?;
-            Ok(PyBytes::new(py, &bytes))
+            self.decode_ids(py, ids)
         })
     }
 
@@ -350,14 +519,11 @@ impl PyTokenizer {
                     ids.len()
                 )));
             }
-            let ids: Vec<u64> = ids
+            let ids: Vec<u32> = ids
                 .chunks_exact(4)
-                .map(|b| u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect();
-            let bytes = py
-                .allow_threads(|| self.inner.decode_bytes(ids))
-                .map_err(to_py_err)?;
-            Ok(PyBytes::new(py, &bytes))
+            self.decode_ids(py, ids)
         })
     }
 }

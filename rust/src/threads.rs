@@ -41,3 +41,19 @@ pub fn with_threads<R: Send>(num_threads: usize, work: impl FnOnce() -> R + Send
     let pool = pool(num_threads)?;
     Ok(pool.install(work))
 }
+
+/// Runs `op` on the calling thread inside a scope of the chosen pool (0 = rayon's global pool):
+/// what it spawns runs on that pool's threads, and the call returns once all of that is done.
+/// `op` is also told the pool's thread count.
+pub fn in_place_scope<'scope, R>(
+    num_threads: usize,
+    op: impl FnOnce(&rayon::Scope<'scope>, usize) -> R,
+) -> Result<R> {
+    if num_threads == 0 {
+        return Ok(rayon::in_place_scope(|scope| {
+            op(scope, rayon::current_num_threads())
+        }));
+    }
+    let pool = pool(num_threads)?;
+    Ok(pool.in_place_scope(|scope| op(scope, pool.current_num_threads())))
+}

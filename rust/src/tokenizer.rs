@@ -14,6 +14,9 @@ use crate::threads::with_threads;
 
 /// Ids above this are refused: the decode table is indexed by id.
 pub const MAX_ID: u32 = (1 << 26) - 1;
+/// Zero bytes after the decode table, so that `decode_into` can copy a token of at most this many
+/// bytes as a fixed-size block (its bytes and then some, overwritten by the next token).
+const DECODE_PAD: usize = 16;
 /// Chunks at most this long are remembered by the per-thread cache (longer ones are rarely
 /// repeated, and caching a chunk that never comes back costs two allocations).
 const CACHED_CHUNK_MAX: usize = 32;
@@ -260,6 +263,7 @@ impl Tokenizer {
             decode_spans[id as usize] = (start, bytes.len() as u32);
             decode_bytes.extend_from_slice(bytes);
         }
+        decode_bytes.extend_from_slice(&[0; DECODE_PAD]);
 
         let mut tokenizer = Tokenizer {
             pattern,
@@ -487,6 +491,63 @@ impl Tokenizer {
         Ok((ids, ends))
     }
 
+    /// The byte length of the decoding of `ids`; the first unknown id is an error naming it and
+    /// its position.
+    pub fn decoded_len(&self, ids: &[u32]) -> Result<usize> {
+        let mut total = 0usize;
+        for (position, &id) in ids.iter().enumerate() {
+            match self.decode_spans.get(id as usize) {
+                Some(&(_, len)) if len != u32::MAX => total += len as usize,
+                _ => {
+                    return Err(Error::UnknownId {
+                        id: u64::from(id),
+                        position,
+                    })
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    /// Writes the exact bytes of `ids` into `out`, which must be `decoded_len(ids)` bytes long
+    /// (the two let the binding size a Python bytes object first and fill it in place).
+    pub fn decode_into(&self, ids: &[u32], out: &mut [u8]) -> Result<()> {
+        let table = &self.decode_bytes;
+        let given = out.len();
+        let wrong_size = || {
+            Error::InvalidArgument(format!(
+                "decode_into: {given} bytes given, not the decoded length of the ids"
+            ))
+        };
+        let mut at = 0;
+        for (position, &id) in ids.iter().enumerate() {
+            let span = self.decode_spans.get(id as usize);
+            let Some(&(start, len)) = span.filter(|&&(_, len)| len != u32::MAX) else {
+                return Err(Error::UnknownId {
+                    id: u64::from(id),
+                    position,
+                });
+            };
+            let (start, len) = (start as usize, len as usize);
+            // Most tokens are short: one fixed-size copy beats a memcpy call of `len` bytes. The
+            // table's padding keeps `start + DECODE_PAD` in it; the bytes written past `len` are
+            // overwritten by the next token (the room check keeps them inside `out`).
+            if len <= DECODE_PAD && out.len() - at >= DECODE_PAD {
+                out[at..at + DECODE_PAD].copy_from_slice(&table[start..start + DECODE_PAD]);
+            } else {
+                let Some(dest) = out.get_mut(at..at + len) else {
+                    return Err(wrong_size());
+                };
+                dest.copy_from_slice(&table[start..start + len]);
+            }
+            at += len;
+        }
+        if at != out.len() {
+            return Err(wrong_size());
+        }
+        Ok(())
+    }
+
     /// The exact bytes of `ids`; the first unknown id is an error naming it and its position.
     pub fn decode_bytes(&self, ids: impl IntoIterator<Item = u64>) -> Result<Vec<u8>> {
         let mut out = Vec::new();
@@ -596,6 +657,43 @@ mod tests {
         let tok = trained(SAMPLE, Pattern::Gpt2, 5);
         match tok.decode_bytes([97, 98, 999_999]) {
             Err(Error::UnknownId { id, position }) => assert_eq!((id, position), (999_999, 2)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn decode_into_matches_decode_bytes() {
+        let tok = trained(&SAMPLE.repeat(3), Pattern::Gpt2, 60);
+        let eot = tok.specials()[0].1;
+        for text in ["", "a", SAMPLE, &SAMPLE.repeat(5)] {
+            let mut ids = tok.encode_ordinary(text).unwrap();
+            ids.push(eot);
+            let want = tok.decode_bytes(ids.iter().map(|&i| u64::from(i))).unwrap();
+            let len = tok.decoded_len(&ids).unwrap();
+            assert_eq!(len, want.len());
+            let mut out = vec![0xAA; len];
+            tok.decode_into(&ids, &mut out).unwrap();
+            assert_eq!(out, want);
+            // A wrongly sized buffer is an error, never a panic.
+            for wrong in [len.saturating_sub(1), len + 1, len + 20] {
+                if wrong != len {
+                    assert!(tok.decode_into(&ids, &mut vec![0; wrong]).is_err());
+                }
+            }
+        }
+        // A token longer than the padding takes the other copy path.
+        let long = tok
+            .tokens()
+            .iter()
+            .max_by_key(|(_, b)| b.len())
+            .map(|(id, b)| (*id, b.clone()))
+            .unwrap();
+        let ids = [long.0, 97, long.0];
+        let mut out = vec![0; tok.decoded_len(&ids).unwrap()];
+        tok.decode_into(&ids, &mut out).unwrap();
+        assert_eq!(out, [long.1.clone(), b"a".to_vec(), long.1].concat());
+        match tok.decoded_len(&[97, 999_999]) {
+            Err(Error::UnknownId { id, position }) => assert_eq!((id, position), (999_999, 1)),
             other => panic!("{other:?}"),
         }
     }
