@@ -737,11 +737,21 @@ mod tests {
         min_f: u64,
         max_len: Option<usize>,
     ) -> Vec<(u32, u32)> {
+        fast_with_threads(chunks, n, min_f, max_len, 1)
+    }
+
+    fn fast_with_threads(
+        chunks: &[(Vec<u8>, u64)],
+        n: usize,
+        min_f: u64,
+        max_len: Option<usize>,
+        threads: usize,
+    ) -> Vec<(u32, u32)> {
         let options = TrainOptions {
             num_merges: n,
             min_frequency: min_f,
             max_token_length: max_len,
-            num_threads: 1,
+            num_threads: threads,
         };
         train_merges(
             chunks.iter().map(|(b, c)| (b.as_slice(), *c)),
@@ -793,21 +803,6 @@ mod tests {
         assert!(matches!(result, Err(Error::Interrupted)));
     }
 
-    fn fast_threads(chunks: &[(Vec<u8>, u64)], n: usize, threads: usize) -> Vec<(u32, u32)> {
-        let options = TrainOptions {
-            num_merges: n,
-            min_frequency: 1,
-            max_token_length: None,
-            num_threads: threads,
-        };
-        train_merges(
-            chunks.iter().map(|(b, c)| (b.as_slice(), *c)),
-            &options,
-            &mut |_| Ok(()),
-        )
-        .unwrap()
-    }
-
     /// Enough chunks that the first merges have more than PARALLEL_MIN_PLACES places and are
     /// split between threads; the cuts must not change a single merge.
     #[test]
@@ -829,7 +824,7 @@ mod tests {
         let expected = naive::train(&chunks, 60, 1, None);
         for threads in [1, 2, 3, 4] {
             assert_eq!(
-                fast_threads(&chunks, 60, threads),
+                fast_with_threads(&chunks, 60, 1, None, threads),
                 expected,
                 "{threads} threads"
             );
@@ -877,10 +872,7 @@ mod tests {
             (b"bcbc".to_vec(), u64::from(u32::MAX)),
             (b"cab".to_vec(), 3 * big),
         ];
-        assert_eq!(
-            fast_threads(&chunks, 8, 1),
-            naive::train(&chunks, 8, 1, None)
-        );
+        assert_eq!(fast(&chunks, 8, 1, None), naive::train(&chunks, 8, 1, None));
     }
 
     fn corpus() -> impl Strategy<Value = Vec<(Vec<u8>, u64)>> {
