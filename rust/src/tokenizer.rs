@@ -322,14 +322,19 @@ impl Tokenizer {
     }
 
     pub fn token_bytes(&self, id: u32) -> Result<&[u8]> {
-        match self.decode_spans.get(id as usize) {
-            Some(&(start, len)) if len != u32::MAX => {
-                Ok(&self.decode_bytes[start as usize..start as usize + len as usize])
-            }
-            _ => Err(Error::UnknownId {
-                id: u64::from(id),
-                position: 0,
-            }),
+        let (start, len) = self.span(u64::from(id), 0)?;
+        Ok(&self.decode_bytes[start..start + len])
+    }
+
+    /// (start, len) of token `id` in the decode table; an unknown id is an error naming it and
+    /// `position` (its index in the ids being decoded).
+    fn span(&self, id: u64, position: usize) -> Result<(usize, usize)> {
+        match usize::try_from(id)
+            .ok()
+            .and_then(|i| self.decode_spans.get(i))
+        {
+            Some(&(start, len)) if len != u32::MAX => Ok((start as usize, len as usize)),
+            _ => Err(Error::UnknownId { id, position }),
         }
     }
 
@@ -514,15 +519,7 @@ impl Tokenizer {
     pub fn decoded_len(&self, ids: &[u32]) -> Result<usize> {
         let mut total = 0usize;
         for (position, &id) in ids.iter().enumerate() {
-            match self.decode_spans.get(id as usize) {
-                Some(&(_, len)) if len != u32::MAX => total += len as usize,
-                _ => {
-                    return Err(Error::UnknownId {
-                        id: u64::from(id),
-                        position,
-                    })
-                }
-            }
+            total += self.span(u64::from(id), position)?.1;
         }
         Ok(total)
     }
@@ -539,14 +536,7 @@ impl Tokenizer {
         };
         let mut at = 0;
         for (position, &id) in ids.iter().enumerate() {
-            let span = self.decode_spans.get(id as usize);
-            let Some(&(start, len)) = span.filter(|&&(_, len)| len != u32::MAX) else {
-                return Err(Error::UnknownId {
-                    id: u64::from(id),
-                    position,
-                });
-            };
-            let (start, len) = (start as usize, len as usize);
+            let (start, len) = self.span(u64::from(id), position)?;
             // Most tokens are short: one fixed-size copy beats a memcpy call of `len` bytes. The
             // table's padding keeps `start + DECODE_PAD` in it; the bytes written past `len` are
             // overwritten by the next token (the room check keeps them inside `out`).
@@ -570,15 +560,8 @@ impl Tokenizer {
     pub fn decode_bytes(&self, ids: impl IntoIterator<Item = u64>) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         for (position, id) in ids.into_iter().enumerate() {
-            let span = usize::try_from(id)
-                .ok()
-                .and_then(|i| self.decode_spans.get(i));
-            match span {
-                Some(&(start, len)) if len != u32::MAX => out.extend_from_slice(
-                    &self.decode_bytes[start as usize..start as usize + len as usize],
-                ),
-                _ => return Err(Error::UnknownId { id, position }),
-            }
+            let (start, len) = self.span(id, position)?;
+            out.extend_from_slice(&self.decode_bytes[start..start + len]);
         }
         Ok(out)
     }

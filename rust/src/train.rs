@@ -602,14 +602,10 @@ pub fn train_merges<'a>(
     };
 
     let mut stats = PairStats::initial(&arena, parts, options.num_threads)?;
-    let initial: Vec<(u64, PairKey)> = stats
-        .entries
-        .iter()
-        .filter(|(&pair, _)| fits(&token_len, pair))
-        .map(|(&pair, entry)| (entry.count, pair))
-        .collect();
-    for (count, pair) in initial {
-        stats.queue.push(count, pair);
+    for (&pair, entry) in &stats.entries {
+        if fits(&token_len, pair) {
+            stats.queue.push(entry.count, pair);
+        }
     }
 
     let mut merges: Vec<(u32, u32)> = Vec::new();
