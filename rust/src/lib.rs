@@ -6,6 +6,8 @@ pub mod encode;
 pub mod error;
 pub mod fast_split;
 pub mod ordered;
+mod pair_index;
+mod prefetch;
 pub mod pretokenize;
 pub mod recover;
 pub mod threads;

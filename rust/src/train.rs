@@ -30,6 +30,8 @@ use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
 use crate::error::{Error, Result};
+use crate::pair_index::{PairIndex, PairKey};
+use crate::prefetch::prefetch;
 use crate::threads::with_threads;
 
 #[derive(Clone, Debug)]
@@ -48,8 +50,6 @@ pub struct TrainOptions {
 const NONE: u32 = u32::MAX;
 /// How often (in merges) the progress hook is called.
 pub const PROGRESS_EVERY: usize = 256;
-
-type PairKey = u64;
 
 fn key(left: u32, right: u32) -> PairKey {
     (u64::from(left) << 32) | u64::from(right)
@@ -302,37 +302,13 @@ impl Arena {
     }
 }
 
-/// Asks the CPU to start loading `node` into cache: the merge loop knows the positions it will
-/// visit next (its sorted place list), and waiting for each miss in turn was most of its time.
-#[inline(always)]
-fn prefetch(node: &Node) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is only a hint; it reads nothing and cannot fault, and the pointer comes
-    // from a live reference.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>((node as *const Node).cast::<i8>());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = node;
-}
-
 /// How many places ahead of the one being merged are prefetched.
 const PREFETCH_AHEAD: usize = 16;
 
-/// Pair counts plus the positions where each pair may occur, and a queue of (count, pair)
-/// entries. The count sits in the hash map's entry itself, so the most frequent operation (a
-/// neighbour pair losing occurrences) costs one probe; the place list is one more indirection.
+/// The pair index and the queue of (count, pair) entries that picks each merge.
 struct PairStats {
-    entries: FxHashMap<PairKey, PairEntry>,
-    /// Place lists, indexed by `PairEntry::places`.
-    places: Vec<Vec<u32>>,
+    index: PairIndex,
     queue: PairQueue,
-}
-
-struct PairEntry {
-    count: u64,
-    places: u32,
 }
 
 impl PairStats {
@@ -363,76 +339,26 @@ impl PairStats {
                 })
                 .collect()
         })?;
-        let mut partials = partials.into_iter();
-        let (mut counts, mut places) = partials.next().expect("at least one part");
-        for (more_counts, more_places) in partials {
-            for (index, list) in more_places.into_iter().enumerate() {
-                counts[index] += more_counts[index];
-                places[index].extend_from_slice(&list);
+        // Live pairs grow to a fraction of the positions; sizing for that up front saves most
+        // rehashes.
+        let mut index = PairIndex::with_capacity(nodes.len() / 8);
+        let mut joined = Vec::new();
+        for byte_pair in 0..1usize << 16 {
+            joined.clear();
+            let mut count = 0;
+            for (counts, places) in &partials {
+                count += counts[byte_pair];
+                joined.extend_from_slice(&places[byte_pair]);
+            }
+            if count > 0 {
+                let pair = key((byte_pair >> 8) as u32, (byte_pair & 0xFF) as u32);
+                index.add(pair, count, 0, &joined)?;
             }
         }
-        // Pairs ever seen grow to about a quarter of the positions; sizing the table for that up
-        // front saves its rehashes (a few percent of training).
-        let mut entries = FxHashMap::default();
-        entries.reserve(nodes.len() / 4);
-        let mut stats = PairStats {
-            entries,
-            places: Vec::new(),
+        Ok(PairStats {
+            index,
             queue: PairQueue::default(),
-        };
-        for (index, list) in places.into_iter().enumerate() {
-            if !list.is_empty() {
-                let pair = key((index >> 8) as u32, (index & 0xFF) as u32);
-                let slot = stats.places.len() as u32;
-                stats.places.push(list);
-                stats.entries.insert(
-                    pair,
-                    PairEntry {
-                        count: counts[index],
-                        places: slot,
-                    },
-                );
-            }
-        }
-        Ok(stats)
-    }
-
-    /// Adds `weight` occurrences at `places` (a new entry if the pair was never seen); returns the
-    /// new count. `removed` is subtracted in the same step (counts are exact, so the result never
-    /// goes below zero; it saturates rather than trust that).
-    fn add(&mut self, pair: PairKey, weight: u64, removed: u64, places: &[u32]) -> u64 {
-        let next = self.places.len() as u32;
-        let entry = self.entries.entry(pair).or_insert(PairEntry {
-            count: 0,
-            places: next,
-        });
-        if entry.places == next {
-            self.places.push(Vec::new());
-        }
-        entry.count = (entry.count + weight).saturating_sub(removed);
-        self.places[entry.places as usize].extend_from_slice(places);
-        entry.count
-    }
-
-    fn remove(&mut self, pair: PairKey, weight: u64) {
-        if let Some(entry) = self.entries.get_mut(&pair) {
-            entry.count = entry.count.saturating_sub(weight);
-        }
-    }
-
-    fn live(&self, pair: PairKey) -> u64 {
-        self.entries.get(&pair).map_or(0, |entry| entry.count)
-    }
-
-    /// Takes the merged pair's places out and zeroes its count (every occurrence gets replaced).
-    fn take(&mut self, pair: PairKey) -> Vec<u32> {
-        match self.entries.get_mut(&pair) {
-            Some(entry) => {
-                entry.count = 0;
-                std::mem::take(&mut self.places[entry.places as usize])
-            }
-            None => Vec::new(),
-        }
+        })
     }
 }
 
@@ -561,14 +487,19 @@ impl MergeDelta {
 
     /// Applies the changes to `stats`; `created` receives the pairs that gained occurrences, with
     /// their new counts.
-    fn apply(&mut self, stats: &mut PairStats, created: &mut Vec<(PairKey, u64)>) {
-        for (index, &pair) in self.pairs.iter().enumerate() {
-            let places = &mut self.places[index];
-            if self.added[index] > 0 {
-                let live = stats.add(pair, self.added[index], self.removed[index], places);
+    fn apply(&mut self, index: &mut PairIndex, created: &mut Vec<(PairKey, u64)>) -> Result<()> {
+        for (at, &pair) in self.pairs.iter().enumerate() {
+            // The index is far bigger than the caches and the pairs are known in advance: start
+            // loading the slots a few pairs ahead so their misses overlap.
+            if let Some(&ahead) = self.pairs.get(at + APPLY_PREFETCH_AHEAD) {
+                index.prefetch(ahead);
+            }
+            let places = &mut self.places[at];
+            if self.added[at] > 0 {
+                let live = index.add(pair, self.added[at], self.removed[at], places)?;
                 created.push((pair, live));
             } else {
-                stats.remove(pair, self.removed[index]);
+                index.subtract(pair, self.removed[at]);
             }
             places.clear();
         }
@@ -576,8 +507,12 @@ impl MergeDelta {
         self.pairs.clear();
         self.added.clear();
         self.removed.clear();
+        Ok(())
     }
 }
+
+/// How many pairs ahead `MergeDelta::apply` prefetches index slots.
+const APPLY_PREFETCH_AHEAD: usize = 8;
 
 /// Runs the merge loop over weighted chunks and returns merges in rank order (merge k makes
 /// id 256 + k). `progress(merges_done)` is called every `PROGRESS_EVERY` merges and at the end;
@@ -602,20 +537,21 @@ pub fn train_merges<'a>(
     };
 
     let mut stats = PairStats::initial(&arena, parts, options.num_threads)?;
-    for (&pair, entry) in &stats.entries {
+    for (pair, count) in stats.index.pairs() {
         if fits(&token_len, pair) {
-            stats.queue.push(entry.count, pair);
+            stats.queue.push(count, pair);
         }
     }
 
     let mut merges: Vec<(u32, u32)> = Vec::new();
     let mut touched: Vec<(PairKey, u64)> = Vec::new();
+    let mut places: Vec<u32> = Vec::new();
     let mut deltas: Vec<MergeDelta> = (0..parts).map(|_| MergeDelta::default()).collect();
     while merges.len() < options.num_merges {
         let Some((count, pair)) = stats.queue.pop() else {
             break;
         };
-        let live = stats.live(pair);
+        let live = stats.index.count(pair);
         if live != count {
             // Stale entry: the pair's count changed since it was pushed.
             if live > 0 {
@@ -632,7 +568,8 @@ pub fn train_merges<'a>(
         merges.push((left, right));
         token_len.push(token_len[left as usize] + token_len[right as usize]);
 
-        let mut places = stats.take(pair);
+        places.clear();
+        stats.index.take(pair, &mut places);
         // Arena order is chunk order then position order, so sorting gives the left-to-right
         // scan of every chunk that the naive algorithm does. A list is a few sorted runs (the
         // initial count, then the merges that made its left or right token), which the stable
@@ -649,7 +586,7 @@ pub fn train_merges<'a>(
             &mut deltas,
             options.num_threads,
         )?;
-        deltas[0].apply(&mut stats, &mut touched);
+        deltas[0].apply(&mut stats.index, &mut touched)?;
         for &(created, live) in &touched {
             if live > 0 && fits(&token_len, created) {
                 stats.queue.push(live, created);
