@@ -20,7 +20,7 @@
 use rustc_hash::FxHashMap;
 
 use crate::error::{Error, Result};
-use crate::prefetch::prefetch;
+use crate::memory_hints::{prefetch, with_huge_pages};
 
 /// (left, right) as `left << 32 | right`.
 pub(crate) type PairKey = u64;
@@ -48,6 +48,12 @@ const FREE: Slot = Slot {
     head: NO_BLOCK,
 };
 
+fn free_slots(size: usize) -> Vec<Slot> {
+    let mut slots = with_huge_pages(size);
+    slots.resize(size, FREE);
+    slots
+}
+
 /// `len` places of one pair at `places[start..]`, recorded after the block `prev`.
 #[derive(Clone, Copy)]
 struct Block {
@@ -72,7 +78,7 @@ impl PairIndex {
         let wanted = (pairs.max(16) * 8).div_ceil(MAX_LOAD_EIGHTHS);
         let size = wanted.next_power_of_two();
         PairIndex {
-            slots: vec![FREE; size],
+            slots: free_slots(size),
             shift: 64 - size.trailing_zeros(),
             len: 0,
             big_counts: FxHashMap::default(),
@@ -131,7 +137,7 @@ impl PairIndex {
 
     fn grow(&mut self) {
         let size = self.slots.len() * 2;
-        let old = std::mem::replace(&mut self.slots, vec![FREE; size]);
+        let old = std::mem::replace(&mut self.slots, free_slots(size));
         self.shift -= 1;
         for slot in old.into_iter().filter(|slot| slot.key != EMPTY) {
             let mut at = self.home(slot.key);
@@ -212,26 +218,12 @@ impl PairIndex {
             .map(|at| (self.slots[at].key, self.count_at(at)))
     }
 
-    /// Adds `added` and subtracts `removed` occurrences of `key` (counts are exact, so the result
-    /// never goes below zero; it saturates rather than trust that) and records `places` as where
-    /// the added ones are. Returns the new count; a pair left at 0 is deleted.
-    pub(crate) fn add(
-        &mut self,
-        key: PairKey,
-        added: u64,
-        removed: u64,
-        places: &[u32],
-    ) -> Result<u64> {
+    /// Inserts `key`, which must be absent, with `count` (> 0) occurrences at the places recorded
+    /// under `places` (from `push_places`).
+    pub(crate) fn insert(&mut self, key: PairKey, count: u64, places: u32) {
         let at = self.find_or_insert(key);
-        let count = (self.count_at(at) + added).saturating_sub(removed);
-        if count == 0 {
-            self.delete_at(at);
-            return Ok(0);
-        }
         self.set_count_at(at, count);
-        let head = self.push_places(self.slots[at].head, places)?;
-        self.slots[at].head = head;
-        Ok(count)
+        self.slots[at].head = places;
     }
 
     /// Subtracts `removed` occurrences of `key` (saturating; absent pairs are left absent).
@@ -250,13 +242,28 @@ impl PairIndex {
     /// `out` in the order they were recorded.
     pub(crate) fn take(&mut self, key: PairKey, out: &mut Vec<u32>) {
         if let Some(at) = self.find(key) {
-            gather(&self.blocks, &self.places, self.slots[at].head, out);
+            self.places_of(self.slots[at].head, out);
             self.delete_at(at);
         }
     }
 
-    /// Appends `places` as new blocks after `head`; returns the new head.
-    fn push_places(&mut self, mut head: u32, places: &[u32]) -> Result<u32> {
+    /// Appends the places recorded under `places` (from `push_places`) to `out`, in order.
+    pub(crate) fn places_of(&self, places: u32, out: &mut Vec<u32>) {
+        let mut chain = Vec::new();
+        let mut block = places;
+        while block != NO_BLOCK {
+            chain.push(block);
+            block = self.blocks[block as usize].prev;
+        }
+        for &block in chain.iter().rev() {
+            let Block { start, len, .. } = self.blocks[block as usize];
+            out.extend_from_slice(&self.places[start..start + len as usize]);
+        }
+    }
+
+    /// Records `places`; the returned handle is what `insert` and `places_of` take.
+    pub(crate) fn push_places(&mut self, places: &[u32]) -> Result<u32> {
+        let mut head = NO_BLOCK;
         for run in places.chunks(u32::MAX as usize) {
             if self.blocks.len() >= NO_BLOCK as usize {
                 return Err(Error::InvalidArgument(
@@ -275,26 +282,12 @@ impl PairIndex {
     }
 }
 
-/// Appends the places of the chain ending at `head` to `out`, oldest block first.
-fn gather(blocks: &[Block], places: &[u32], head: u32, out: &mut Vec<u32>) {
-    let mut chain = Vec::new();
-    let mut block = head;
-    while block != NO_BLOCK {
-        chain.push(block);
-        block = blocks[block as usize].prev;
-    }
-    for &block in chain.iter().rev() {
-        let Block { start, len, .. } = blocks[block as usize];
-        out.extend_from_slice(&places[start..start + len as usize]);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// A plain map kept beside the index: every operation must agree with it, through growth,
-    /// deletions that shift probe runs, and big counts.
+    /// deletions that shift probe runs, and big counts (crossing u32 both ways).
     #[test]
     fn agrees_with_a_plain_map() {
         let mut index = PairIndex::with_capacity(4);
@@ -312,21 +305,18 @@ mod tests {
             let key = ((next() % 6) << 32) | (next() % 40);
             match next() % 4 {
                 0 | 1 => {
-                    let added = if next() % 50 == 0 {
+                    if model.contains_key(&key) {
+                        continue;
+                    }
+                    let count = if next() % 50 == 0 {
                         big + next() % 3
                     } else {
-                        next() % 4
+                        1 + next() % 4
                     };
-                    let removed = next() % 3;
                     let places: Vec<u32> = (0..next() % 3).map(|i| step * 4 + i as u32).collect();
-                    let got = index.add(key, added, removed, &places).unwrap();
-                    let entry = model.entry(key).or_default();
-                    entry.0 = (entry.0 + added).saturating_sub(removed);
-                    entry.1.extend_from_slice(&places);
-                    assert_eq!(got, entry.0);
-                    if entry.0 == 0 {
-                        model.remove(&key);
-                    }
+                    let handle = index.push_places(&places).unwrap();
+                    index.insert(key, count, handle);
+                    model.insert(key, (count, places));
                 }
                 2 => {
                     let removed = next() % 3;

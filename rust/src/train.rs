@@ -7,32 +7,40 @@
 //! Each merge costs time proportional to the occurrences it touches, so one multi-megabyte chunk
 //! trains in O(n log n) rather than in one full pass per merge.
 //!
-//! Where the time goes, and what was tried (12 MB of mixed text, vocab 8192):
+//! Where the time goes, and what was tried (12 MB of mixed text and 1 MB of one random-letter
+//! word, the pathological input, vocab 8192):
 //! - Visiting the occurrences is memory-bound (they are scattered over tens of MB): nodes are
-//!   one 16-byte struct each, and the next places are prefetched.
+//!   one 16-byte struct each, and the lines of the next places and their neighbours are
+//!   prefetched. The node array is asked for huge pages (`memory_hints`).
 //! - The neighbour-pair updates go to a small per-merge table first (`MergeDelta`), then one
-//!   lookup per distinct pair in the big one; a big-table lookup per occurrence cost more.
-//! - Merges with many occurrences are cut at chunk boundaries and merged by several threads,
-//!   each into its own `MergeDelta`; the results are combined in position order, so the output
-//!   never depends on the thread count. Small merges stay on one thread (hand-off cost).
+//!   probe per distinct pair into the pair index (`pair_index`), prefetched ahead.
+//! - New pairs with small counts are queued unverified, outside the index (`train_merges`):
+//!   on one random word most never get picked, and their inserts were a third of the updates.
+//! - Merges with many occurrences are cut into ranges merged by several threads, each into its
+//!   own `MergeDelta`; the results are combined in position order, so the output never depends
+//!   on the thread count. Cuts fall at chunk starts or, inside one long chunk, after a node that
+//!   the merge cannot touch (`Arena::cut_before`). The loop runs on a pool thread so that these
+//!   hand-offs stay cheap.
 //! - Rare pairs wait in per-count buckets (`PairQueue`); one binary heap of every pair ever seen
 //!   made each pop walk ~20 cache-missing levels.
 //! - Not chosen: per-word symbol vectors re-scanned per merge (what most trainers do) touch whole
 //!   words for one occurrence. Measured and dropped: each pair's place list inside the hash
 //!   entry (one miss less per update, a bigger table; no gain on one long chunk, 250 KB of
-//!   random letters, in A/B runs). Not tried: a pair id kept in every node (would save the hash
-//!   probe of a removal, but grows nodes to 20 bytes: more misses on the hot path).
+//!   random letters, in A/B runs); compacting the place buffer (`pair_index`). Not tried: a pair
+//!   id kept in every node (would save the hash probe of a removal, but grows nodes to 20
+//!   bytes: more misses on the hot path).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
 use crate::error::{Error, Result};
+use crate::memory_hints::{prefetch, with_huge_pages};
 use crate::pair_index::{PairIndex, PairKey};
-use crate::prefetch::prefetch;
-use crate::threads::with_threads;
+use crate::threads::{in_place_scope, with_threads};
 
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
@@ -112,16 +120,11 @@ impl Arena {
             }
             total += bytes.len();
         }
-        let blank = Node {
-            symbol: 0,
-            prev: NONE,
-            next: NONE,
-            weight: 0,
-        };
-        let mut nodes = vec![blank; total];
+        // Filled in place, part by part: a blank fill first would write every node twice.
+        let mut nodes: Vec<Node> = with_huge_pages(total);
         let parts = parts.clamp(1, chunks.len().max(1));
         let mut jobs = Vec::with_capacity(parts);
-        let mut rest: &mut [Node] = &mut nodes;
+        let mut rest = &mut nodes.spare_capacity_mut()[..total];
         for part in 0..parts {
             let (first, end) = (
                 part * chunks.len() / parts,
@@ -143,17 +146,20 @@ impl Arena {
                     let weight = small_weight(*count).unwrap_or(HUGE_WEIGHT);
                     let last = bytes.len() - 1;
                     for (i, (&b, node)) in bytes.iter().zip(out.by_ref()).enumerate() {
-                        *node = Node {
+                        node.write(Node {
                             symbol: u32::from(b),
                             prev: if i == 0 { NONE } else { pos - 1 },
                             next: if i == last { NONE } else { pos + 1 },
                             weight,
-                        };
+                        });
                         pos += 1;
                     }
                 }
             })
         })?;
+        // SAFETY: the parts cover positions 0..total exactly (consecutive chunk ranges, each
+        // chunk's bytes.len() nodes), and every node of every part was written above.
+        unsafe { nodes.set_len(total) };
         Ok(Arena {
             nodes,
             chunk_starts,
@@ -185,13 +191,15 @@ fn weight_of(huge: &FxHashMap<u32, u64>, pos: u32, node: &Node) -> u64 {
 }
 
 /// Merges every live occurrence of (`left`, `right`) listed in `places` into `new_id` and records
-/// the neighbour pairs' changes in `delta`. `places` is sorted and lies in `nodes`, a whole number
-/// of chunks starting at arena position `base` (links never leave a chunk, so threads given
-/// disjoint chunk ranges never touch the same node).
+/// the neighbour pairs' changes in `delta`. `places` is sorted and lies in `nodes`, the arena
+/// from position `base` on up to a cut (see `Arena::cut_before`): every node a merge here reads or
+/// writes is inside `nodes`, except the live node just before `base` when the range starts inside
+/// a chunk, whose symbol is `boundary` (read only: no merge changes it).
 #[allow(clippy::too_many_arguments)]
 fn merge_places(
     nodes: &mut [Node],
     base: u32,
+    boundary: u32,
     huge: &FxHashMap<u32, u64>,
     places: &[u32],
     (left, right): (u32, u32),
@@ -201,7 +209,13 @@ fn merge_places(
     let at = |pos: u32| (pos - base) as usize;
     for (i, &pos) in places.iter().enumerate() {
         if let Some(&ahead) = places.get(i + PREFETCH_AHEAD) {
-            prefetch(&nodes[at(ahead)]);
+            // The node, and the lines of its usual neighbours (prev, next and the one after
+            // next are read too, and sit a position or two away until merges thin the chunk).
+            let ahead = at(ahead);
+            let nodes_ptr = nodes.as_ptr();
+            prefetch(nodes_ptr.wrapping_add(ahead.wrapping_sub(1)));
+            prefetch(nodes_ptr.wrapping_add(ahead));
+            prefetch(nodes_ptr.wrapping_add(ahead + 2));
         }
         let node = nodes[at(pos)];
         if node.symbol != left || node.next == NONE {
@@ -213,7 +227,11 @@ fn merge_places(
         }
         let weight = weight_of(huge, pos, &node);
         if node.prev != NONE {
-            let before_symbol = nodes[at(node.prev)].symbol;
+            let before_symbol = if node.prev >= base {
+                nodes[at(node.prev)].symbol
+            } else {
+                boundary
+            };
             delta.remove(key(before_symbol, left), weight);
             delta.add(key(before_symbol, new_id), weight, node.prev);
         }
@@ -233,12 +251,54 @@ fn merge_places(
 
 /// Merges with at least this many places are split between threads; below it the hand-off
 /// costs more than it saves.
-const PARALLEL_MIN_PLACES: usize = 8192;
+const PARALLEL_MIN_PLACES: usize = 512;
+/// How far back from a desired cut `Arena::cut_before` looks for a node to cut after.
+const CUT_SEARCH: u32 = 64;
 
 impl Arena {
-    /// `merge_places` over all of `places`, cut into up to `deltas.len()` ranges of whole chunks
-    /// that threads merge at once; afterwards `deltas[0]` holds all the changes, with each pair's
-    /// places still in increasing order.
+    /// Where to cut the arena, at or before position `target`, so that merging (`left`, `right`)
+    /// on either side never touches the other: returns the first position of the right-hand side
+    /// and the symbol of the live node just before it (`NONE` at a chunk start).
+    ///
+    /// A cut right after a live node x whose symbol is neither `left` nor `right` is safe inside a
+    /// chunk: x is never merged, so its symbol (all the right side reads of it) stays put; the
+    /// left side's merges end at or before x (x is live, so links from the left stop at it); the
+    /// right side's reach back no further than x. Any chunk start is a safe cut too. One long
+    /// chunk (a pathological input) could not be split at all before in-chunk cuts.
+    fn cut_before(&self, target: u32, (left, right): (u32, u32)) -> (u32, u32) {
+        let chunk = self.chunk_start(target);
+        let lowest = target.saturating_sub(CUT_SEARCH).max(chunk);
+        for x in (lowest..target).rev() {
+            let symbol = self.nodes[x as usize].symbol;
+            if symbol != NONE && symbol != left && symbol != right {
+                return (x + 1, symbol);
+            }
+        }
+        (chunk, NONE)
+    }
+
+    /// The weighted number of live occurrences of (`left`, `right`) at `places` (left positions,
+    /// increasing; others are skipped).
+    fn count_live(&self, places: &[u32], (left, right): (u32, u32)) -> u64 {
+        let mut count = 0;
+        for (i, &pos) in places.iter().enumerate() {
+            if let Some(&ahead) = places.get(i + PREFETCH_AHEAD) {
+                prefetch(&self.nodes[ahead as usize]);
+            }
+            let node = &self.nodes[pos as usize];
+            if node.symbol == left
+                && node.next != NONE
+                && self.nodes[node.next as usize].symbol == right
+            {
+                count += weight_of(&self.huge, pos, node);
+            }
+        }
+        count
+    }
+
+    /// `merge_places` over all of `places`, cut into up to `deltas.len()` ranges that threads
+    /// merge at once; afterwards `deltas[0]` holds all the changes, with each pair's places still
+    /// in increasing order.
     fn merge_all(
         &mut self,
         places: &[u32],
@@ -256,6 +316,7 @@ impl Arena {
             merge_places(
                 &mut self.nodes,
                 0,
+                NONE,
                 &self.huge,
                 places,
                 pair,
@@ -264,20 +325,22 @@ impl Arena {
             );
             return Ok(());
         }
-        // Cut points (index into places, arena position), each at a chunk start.
-        let mut cuts: Vec<(usize, u32)> = vec![(0, 0)];
+        // Cuts: (index into places, first arena position, symbol before it).
+        let mut cuts: Vec<(usize, u32, u32)> = vec![(0, 0, NONE)];
         for part in 1..parts {
-            let start = self.chunk_start(places[part * places.len() / parts]);
+            let (start, boundary) = self.cut_before(places[part * places.len() / parts], pair);
             if start > cuts[cuts.len() - 1].1 {
-                cuts.push((places.partition_point(|&p| p < start), start));
+                cuts.push((places.partition_point(|&p| p < start), start, boundary));
             }
         }
         let total = self.nodes.len() as u32;
         let mut jobs = Vec::with_capacity(cuts.len());
         let mut rest_nodes: &mut [Node] = &mut self.nodes;
         let mut rest_deltas: &mut [MergeDelta] = deltas;
-        for (i, &(first, base)) in cuts.iter().enumerate() {
-            let (end, limit) = cuts.get(i + 1).copied().unwrap_or((places.len(), total));
+        for (i, &(first, base, boundary)) in cuts.iter().enumerate() {
+            let (end, limit) = cuts
+                .get(i + 1)
+                .map_or((places.len(), total), |&(end, limit, _)| (end, limit));
             let (nodes, others) =
                 std::mem::take(&mut rest_nodes).split_at_mut((limit - base) as usize);
             rest_nodes = others;
@@ -285,13 +348,13 @@ impl Arena {
                 .split_first_mut()
                 .expect("one delta per part");
             rest_deltas = others;
-            jobs.push((nodes, base, &places[first..end], delta));
+            jobs.push((nodes, base, boundary, &places[first..end], delta));
         }
         let huge = &self.huge;
         with_threads(num_threads, || {
             jobs.into_par_iter()
-                .for_each(|(nodes, base, places, delta)| {
-                    merge_places(nodes, base, huge, places, pair, new_id, delta)
+                .for_each(|(nodes, base, boundary, places, delta)| {
+                    merge_places(nodes, base, boundary, huge, places, pair, new_id, delta)
                 })
         })?;
         let (first, others) = deltas.split_first_mut().expect("at least one delta");
@@ -317,43 +380,63 @@ impl PairStats {
     /// `parts` threads count disjoint position ranges; their lists are joined in range order, so
     /// every place list is sorted.
     fn initial(arena: &Arena, parts: usize, num_threads: usize) -> Result<PairStats> {
+        const BYTE_PAIRS: usize = 1 << 16;
         let nodes = &arena.nodes;
         let parts = parts.max(1);
-        let partials: Vec<(Vec<u64>, Vec<Vec<u32>>)> = with_threads(num_threads, || {
+        let byte_pair =
+            |node: &Node| ((node.symbol as usize) << 8) | nodes[node.next as usize].symbol as usize;
+        // Per part: the weighted count of each byte pair, and its places grouped by byte pair
+        // (a counting sort: one pass counts, one pass writes each place where it belongs).
+        // Growing 64K vectors instead cost reallocations and two more copies of every place.
+        let partials: Vec<(Vec<u64>, Vec<usize>, Vec<u32>)> = with_threads(num_threads, || {
             (0..parts)
                 .into_par_iter()
                 .map(|part| {
-                    let mut counts = vec![0u64; 1 << 16];
-                    let mut places: Vec<Vec<u32>> = vec![Vec::new(); 1 << 16];
                     let range = part * nodes.len() / parts..(part + 1) * nodes.len() / parts;
+                    let mut counts = vec![0u64; BYTE_PAIRS];
+                    let mut starts = vec![0usize; BYTE_PAIRS + 1];
+                    for pos in range.clone() {
+                        let node = &nodes[pos];
+                        if node.next != NONE {
+                            let index = byte_pair(node);
+                            counts[index] += weight_of(&arena.huge, pos as u32, node);
+                            starts[index + 1] += 1;
+                        }
+                    }
+                    for index in 0..BYTE_PAIRS {
+                        starts[index + 1] += starts[index];
+                    }
+                    let mut places = vec![0u32; starts[BYTE_PAIRS]];
+                    let mut fill = starts.clone();
                     for pos in range {
                         let node = &nodes[pos];
                         if node.next != NONE {
-                            let index = ((node.symbol as usize) << 8)
-                                | nodes[node.next as usize].symbol as usize;
-                            counts[index] += weight_of(&arena.huge, pos as u32, node);
-                            places[index].push(pos as u32);
+                            let index = byte_pair(node);
+                            places[fill[index]] = pos as u32;
+                            fill[index] += 1;
                         }
                     }
-                    (counts, places)
+                    (counts, starts, places)
                 })
                 .collect()
         })?;
         // Live pairs grow to a fraction of the positions; sizing for that up front saves most
         // rehashes.
-        let mut index = PairIndex::with_capacity(nodes.len() / 8);
+        let mut index = PairIndex::with_capacity(nodes.len() / 32);
         let mut joined = Vec::new();
-        for byte_pair in 0..1usize << 16 {
+        for pair_bytes in 0..BYTE_PAIRS {
+            let count: u64 = partials.iter().map(|(counts, ..)| counts[pair_bytes]).sum();
+            if count == 0 {
+                continue;
+            }
+            // Parts cover increasing position ranges, so joining them in order keeps it sorted.
             joined.clear();
-            let mut count = 0;
-            for (counts, places) in &partials {
-                count += counts[byte_pair];
-                joined.extend_from_slice(&places[byte_pair]);
+            for (_, starts, places) in &partials {
+                joined.extend_from_slice(&places[starts[pair_bytes]..starts[pair_bytes + 1]]);
             }
-            if count > 0 {
-                let pair = key((byte_pair >> 8) as u32, (byte_pair & 0xFF) as u32);
-                index.add(pair, count, 0, &joined)?;
-            }
+            let pair = key((pair_bytes >> 8) as u32, (pair_bytes & 0xFF) as u32);
+            let places = index.push_places(&joined)?;
+            index.insert(pair, count, places);
         }
         Ok(PairStats {
             index,
@@ -365,55 +448,66 @@ impl PairStats {
 /// Counts from which a pair waits in the binary heap; below, in a bucket per count.
 const LOW_COUNTS: usize = 1024;
 
-/// A max-queue of (count, pair) entries, ties going to the smallest pair; entries may be stale
-/// (the caller re-checks the live count and pushes again). Most pairs ever seen are rare, and
-/// keeping them all in one binary heap made every pop walk ~20 cache-missing levels: rare pairs
-/// go to per-count buckets instead (O(1) push), and a bucket becomes a small min-heap by pair
-/// only when it is the highest one left. Order does not rely on counts only falling (they do in
-/// BPE): a push above the bucket being drained sends that bucket back first.
+/// A queued pair: `unverified` is `VERIFIED` for a pair in the pair index, or else the places
+/// block of a new pair queued with its count at creation, not yet in the index (see
+/// `train_merges`).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+struct Candidate {
+    pair: PairKey,
+    unverified: u32,
+}
+
+const VERIFIED: u32 = u32::MAX;
+
+/// A max-queue of (count, candidate) entries, ties going to the smallest pair; entries may be
+/// stale (the caller re-checks the live count and pushes again). Most pairs ever seen are rare,
+/// and keeping them all in one binary heap made every pop walk ~20 cache-missing levels: rare
+/// pairs go to per-count buckets instead (O(1) push), and a bucket becomes a small min-heap by
+/// pair only when it is the highest one left. Order does not rely on counts only falling (they
+/// do in BPE): a push above the bucket being drained sends that bucket back first.
 #[derive(Default)]
 struct PairQueue {
-    heap: BinaryHeap<(u64, Reverse<PairKey>)>,
-    low: Vec<Vec<PairKey>>,
+    heap: BinaryHeap<(u64, Reverse<Candidate>)>,
+    low: Vec<Vec<Candidate>>,
     /// No bucket above this index holds anything.
     low_top: usize,
     /// The bucket being drained, as a min-heap by pair, and its count (0 = none).
-    current: BinaryHeap<Reverse<PairKey>>,
+    current: BinaryHeap<Reverse<Candidate>>,
     current_count: u64,
 }
 
 impl PairQueue {
-    fn push(&mut self, count: u64, pair: PairKey) {
+    fn push(&mut self, count: u64, candidate: Candidate) {
         if count == 0 {
             return;
         }
         if count >= LOW_COUNTS as u64 {
-            self.heap.push((count, Reverse(pair)));
+            self.heap.push((count, Reverse(candidate)));
         } else if count == self.current_count {
-            self.current.push(Reverse(pair));
+            self.current.push(Reverse(candidate));
         } else {
             let count = count as usize;
             if self.low.is_empty() {
                 self.low.resize_with(LOW_COUNTS, Vec::new);
             }
-            self.low[count].push(pair);
+            self.low[count].push(candidate);
             self.low_top = self.low_top.max(count);
         }
     }
 
-    fn pop(&mut self) -> Option<(u64, PairKey)> {
-        if let Some((count, Reverse(pair))) = self.heap.pop() {
-            return Some((count, pair));
+    fn pop(&mut self) -> Option<(u64, Candidate)> {
+        if let Some((count, Reverse(candidate))) = self.heap.pop() {
+            return Some((count, candidate));
         }
         loop {
             if self.low_top as u64 > self.current_count && !self.current.is_empty() {
                 // Something was pushed above the bucket being drained: put the bucket back.
                 let count = self.current_count as usize;
-                self.low[count].extend(self.current.drain().map(|Reverse(pair)| pair));
+                self.low[count].extend(self.current.drain().map(|Reverse(entry)| entry));
                 self.current_count = 0;
             }
-            if let Some(Reverse(pair)) = self.current.pop() {
-                return Some((self.current_count, pair));
+            if let Some(Reverse(candidate)) = self.current.pop() {
+                return Some((self.current_count, candidate));
             }
             while self.low_top > 0 && self.low[self.low_top].is_empty() {
                 self.low_top -= 1;
@@ -485,22 +579,44 @@ impl MergeDelta {
         other.removed.clear();
     }
 
-    /// Applies the changes to `stats`; `created` receives the pairs that gained occurrences, with
-    /// their new counts.
-    fn apply(&mut self, index: &mut PairIndex, created: &mut Vec<(PairKey, u64)>) -> Result<()> {
+    /// Applies the changes. Pairs that only lost occurrences are updated in `index`. The pairs
+    /// this merge created all hold its new token, so none is in the index yet; each one that
+    /// `wanted` accepts gets its places recorded and goes to `created` with its count: in the
+    /// index when that count is high, else as an unverified candidate (see `train_merges`).
+    fn apply(
+        &mut self,
+        index: &mut PairIndex,
+        wanted: impl Fn(PairKey, u64) -> bool,
+        created: &mut Vec<(u64, Candidate)>,
+    ) -> Result<()> {
+        let new_count = |at: usize| self.added[at].saturating_sub(self.removed[at]);
         for (at, &pair) in self.pairs.iter().enumerate() {
-            // The index is far bigger than the caches and the pairs are known in advance: start
-            // loading the slots a few pairs ahead so their misses overlap.
-            if let Some(&ahead) = self.pairs.get(at + APPLY_PREFETCH_AHEAD) {
-                index.prefetch(ahead);
+            // The index is far bigger than the caches and the pairs it will be asked about are
+            // known in advance: start loading their slots a few pairs ahead so the misses overlap.
+            let ahead = at + APPLY_PREFETCH_AHEAD;
+            if ahead < self.pairs.len()
+                && (self.added[ahead] == 0 || new_count(ahead) >= VERIFY_FROM)
+            {
+                index.prefetch(self.pairs[ahead]);
             }
-            let places = &mut self.places[at];
+            let places = &self.places[at];
             if self.added[at] > 0 {
-                let live = index.add(pair, self.added[at], self.removed[at], places)?;
-                created.push((pair, live));
+                let count = new_count(at);
+                if count > 0 && wanted(pair, count) {
+                    let handle = index.push_places(places)?;
+                    let unverified = if count >= VERIFY_FROM {
+                        index.insert(pair, count, handle);
+                        VERIFIED
+                    } else {
+                        handle
+                    };
+                    created.push((count, Candidate { pair, unverified }));
+                }
             } else {
                 index.subtract(pair, self.removed[at]);
             }
+        }
+        for places in &mut self.places[..self.pairs.len()] {
             places.clear();
         }
         self.index_of.clear();
@@ -513,12 +629,81 @@ impl MergeDelta {
 
 /// How many pairs ahead `MergeDelta::apply` prefetches index slots.
 const APPLY_PREFETCH_AHEAD: usize = 8;
+/// New pairs with at least this count go into the index at once; rarer ones are queued
+/// unverified. Counting a candidate again costs a visit per place, an index insert one miss: on
+/// one long random word most new pairs have a count of 1 to 3 and are never picked (skipping
+/// their inserts took a third off the index updates), while those that reach the top of the
+/// queue with a count in the tens cost more to count again than to insert (measured 8 to 32).
+const VERIFY_FROM: u64 = 16;
 
 /// Runs the merge loop over weighted chunks and returns merges in rank order (merge k makes
 /// id 256 + k). `progress(merges_done)` is called every `PROGRESS_EVERY` merges and at the end;
-/// an error from it stops training and is returned.
+/// an error from it stops training (at the next call, at most `PROGRESS_EVERY` merges later) and
+/// is returned.
+///
+/// Which pair to merge: a queue of (count, pair) candidates, where a count may be stale (higher
+/// than the live one: counts only fall) and the pop is checked against the live count; a stale
+/// pop is pushed back with its live count. A pair's count only falls after the merge that creates
+/// it (later merges make other tokens, so nothing adds to it), so a new pair can wait in the
+/// queue with its count at creation as an upper bound, outside the pair index, and be counted
+/// again (from its places) only if it reaches the top; most rare pairs never do.
 pub fn train_merges<'a>(
     chunks: impl IntoIterator<Item = (&'a [u8], u64)>,
+    options: &TrainOptions,
+    progress: &mut dyn FnMut(usize) -> Result<()>,
+) -> Result<Vec<(u32, u32)>> {
+    enum Message {
+        Progress(usize),
+        Done(Result<Vec<(u32, u32)>>),
+    }
+    let chunks: Vec<(&[u8], u64)> = chunks.into_iter().collect();
+    let (to_caller, from_loop) = std::sync::mpsc::channel();
+    let stop = AtomicBool::new(false);
+    // The loop runs on a thread of the training pool, so a split merge hands work to the other
+    // threads from inside the pool; handed from outside, each split cost a thread wake-up, more
+    // than a merge of a thousand places. The calling thread runs the progress hook meanwhile:
+    // it may be a Python callback that must see Ctrl-C, which only the main thread receives.
+    in_place_scope(options.num_threads, |scope, _| {
+        let (stop, options) = (&stop, options);
+        scope.spawn(move |_| {
+            let mut report = |done: usize| {
+                // A closed channel means the caller is gone; there is no one left to report to.
+                let _ = to_caller.send(Message::Progress(done));
+                if stop.load(Ordering::Relaxed) {
+                    Err(Error::Interrupted)
+                } else {
+                    Ok(())
+                }
+            };
+            let outcome = merge_loop(chunks, options, &mut report);
+            let _ = to_caller.send(Message::Done(outcome));
+        });
+        let mut hook_error = None;
+        let mut outcome = None;
+        for message in from_loop {
+            match message {
+                Message::Progress(done) if hook_error.is_none() => {
+                    if let Err(error) = progress(done) {
+                        hook_error = Some(error);
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                }
+                Message::Progress(_) => {}
+                Message::Done(result) => outcome = Some(result),
+            }
+        }
+        match (hook_error, outcome) {
+            (Some(error), _) => Err(error),
+            (None, Some(result)) => result,
+            (None, None) => Err(Error::InvalidArgument(
+                "the training thread ended without a result".into(),
+            )),
+        }
+    })?
+}
+
+fn merge_loop(
+    chunks: Vec<(&[u8], u64)>,
     options: &TrainOptions,
     progress: &mut dyn FnMut(usize) -> Result<()>,
 ) -> Result<Vec<(u32, u32)>> {
@@ -539,23 +724,44 @@ pub fn train_merges<'a>(
     let mut stats = PairStats::initial(&arena, parts, options.num_threads)?;
     for (pair, count) in stats.index.pairs() {
         if fits(&token_len, pair) {
-            stats.queue.push(count, pair);
+            let verified = Candidate {
+                pair,
+                unverified: VERIFIED,
+            };
+            stats.queue.push(count, verified);
         }
     }
 
     let mut merges: Vec<(u32, u32)> = Vec::new();
-    let mut touched: Vec<(PairKey, u64)> = Vec::new();
+    let mut created: Vec<(u64, Candidate)> = Vec::new();
     let mut places: Vec<u32> = Vec::new();
     let mut deltas: Vec<MergeDelta> = (0..parts).map(|_| MergeDelta::default()).collect();
     while merges.len() < options.num_merges {
-        let Some((count, pair)) = stats.queue.pop() else {
+        let Some((count, candidate)) = stats.queue.pop() else {
             break;
         };
-        let live = stats.index.count(pair);
+        let pair = candidate.pair;
+        places.clear();
+        let live = if candidate.unverified == VERIFIED {
+            stats.index.count(pair)
+        } else {
+            // A pair created by an earlier merge, queued with its count then and kept out of the
+            // index (see `MergeDelta::apply`): count what is left of it now.
+            stats.index.places_of(candidate.unverified, &mut places);
+            let live = arena.count_live(&places, unkey(pair));
+            if live > 0 && live != count {
+                stats.index.insert(pair, live, candidate.unverified);
+            }
+            live
+        };
         if live != count {
-            // Stale entry: the pair's count changed since it was pushed.
+            // Stale entry: the pair's count fell since it was pushed.
             if live > 0 {
-                stats.queue.push(live, pair);
+                let verified = Candidate {
+                    pair,
+                    unverified: VERIFIED,
+                };
+                stats.queue.push(live, verified);
             }
             continue;
         }
@@ -568,8 +774,9 @@ pub fn train_merges<'a>(
         merges.push((left, right));
         token_len.push(token_len[left as usize] + token_len[right as usize]);
 
-        places.clear();
-        stats.index.take(pair, &mut places);
+        if candidate.unverified == VERIFIED {
+            stats.index.take(pair, &mut places);
+        }
         // Arena order is chunk order then position order, so sorting gives the left-to-right
         // scan of every chunk that the naive algorithm does. A list is a few sorted runs (the
         // initial count, then the merges that made its left or right token), which the stable
@@ -578,7 +785,6 @@ pub fn train_merges<'a>(
             places.sort();
             places.dedup();
         }
-        touched.clear();
         arena.merge_all(
             &places,
             (left, right),
@@ -586,11 +792,12 @@ pub fn train_merges<'a>(
             &mut deltas,
             options.num_threads,
         )?;
-        deltas[0].apply(&mut stats.index, &mut touched)?;
-        for &(created, live) in &touched {
-            if live > 0 && fits(&token_len, created) {
-                stats.queue.push(live, created);
-            }
+        // A pair's count only falls after the merge that creates it (later merges make other
+        // tokens), so one below min_frequency never becomes a candidate.
+        let wanted = |pair, count| count >= min_frequency && fits(&token_len, pair);
+        deltas[0].apply(&mut stats.index, wanted, &mut created)?;
+        for (count, candidate) in created.drain(..) {
+            stats.queue.push(count, candidate);
         }
         if merges.len() % PROGRESS_EVERY == 0 {
             progress(merges.len())?;
@@ -770,19 +977,24 @@ mod tests {
     fn pair_queue_orders_by_count_then_pair() {
         let mut queue = PairQueue::default();
         let big = LOW_COUNTS as u64;
+        // The payload rides along untouched; here it is the pair plus 100.
+        let entry = |pair: PairKey| Candidate {
+            pair,
+            unverified: pair as u32 + 100,
+        };
         for (count, pair) in [(5, 9), (big + 1, 4), (5, 2), (big + 1, 3), (1, 1), (big, 8)] {
-            queue.push(count, pair);
+            queue.push(count, entry(pair));
         }
-        queue.push(0, 77);
-        let mut popped: Vec<(u64, PairKey)> = (0..4).map(|_| queue.pop().unwrap()).collect();
+        queue.push(0, entry(77));
+        let mut popped: Vec<(u64, Candidate)> = (0..4).map(|_| queue.pop().unwrap()).collect();
         // Draining bucket 5 now; these arrive above it, beside it and below it.
-        queue.push(7, 6);
-        queue.push(5, 1);
-        queue.push(2, 5);
-        while let Some(entry) = queue.pop() {
-            popped.push(entry);
+        queue.push(7, entry(6));
+        queue.push(5, entry(1));
+        queue.push(2, entry(5));
+        while let Some(popped_entry) = queue.pop() {
+            popped.push(popped_entry);
         }
-        let expected = vec![
+        let expected: Vec<(u64, Candidate)> = [
             (big + 1, 3),
             (big + 1, 4),
             (big, 8),
@@ -792,7 +1004,10 @@ mod tests {
             (5, 9),
             (2, 5),
             (1, 1),
-        ];
+        ]
+        .into_iter()
+        .map(|(count, pair)| (count, entry(pair)))
+        .collect();
         assert_eq!(popped, expected);
     }
 
