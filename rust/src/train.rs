@@ -971,6 +971,29 @@ mod tests {
         }
     }
 
+    /// One long chunk (the pathological case): large merges are cut inside it, after a node the
+    /// merge cannot touch. Runs of one letter make overlapping pairs meet the cuts.
+    #[test]
+    fn threads_split_merges_inside_one_long_chunk_without_changing_them() {
+        let mut state = 777u64;
+        let mut next = move || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as usize
+        };
+        let word: Vec<u8> = (0..40_000).map(|_| b"aaabbc"[next() % 6]).collect();
+        let chunks = vec![(word, 3)];
+        let expected = naive::train(&chunks, 40, 1, None);
+        for threads in [1, 2, 3, 4] {
+            assert_eq!(
+                fast_with_threads(&chunks, 40, 1, None, threads),
+                expected,
+                "{threads} threads"
+            );
+        }
+    }
+
     /// Highest count first, then the smallest pair, across the heap and the buckets, including a
     /// push above the bucket being drained (which BPE itself never does).
     #[test]
