@@ -105,6 +105,10 @@ pub struct Tokenizer {
     tokens: Vec<(u32, Vec<u8>)>,
     /// Tokens whose own bytes BPE-encode to themselves: a chunk equal to one is that token.
     whole: FxHashMap<Vec<u8>, u32>,
+    /// (first byte, length) of the keys of `whole`, as bits: most chunks that are no token
+    /// (long Chinese clauses above all) fail this 8 KiB test and skip hashing and probing the
+    /// whole-token map, which misses the caches.
+    whole_shapes: WholeShapes,
     specials: Vec<(String, u32)>,
     /// id -> (start, len) in `decode_bytes`; len u32::MAX = no such id.
     decode_spans: Vec<(u32, u32)>,
@@ -112,6 +116,38 @@ pub struct Tokenizer {
     /// Matcher for all special tokens (the common "allowed_special='all'" case).
     all_specials: Option<Arc<SpecialMatcher>>,
     identity: u64,
+}
+
+/// A set of (first byte, length) shapes of byte strings up to `WHOLE_TOKEN_MAX_LEN` long.
+#[derive(Debug)]
+struct WholeShapes {
+    bits: Vec<[u64; WHOLE_TOKEN_MAX_LEN / 64 + 1]>,
+}
+
+impl Default for WholeShapes {
+    fn default() -> Self {
+        WholeShapes {
+            bits: vec![[0; WHOLE_TOKEN_MAX_LEN / 64 + 1]; 256],
+        }
+    }
+}
+
+impl WholeShapes {
+    fn add(&mut self, bytes: &[u8]) {
+        if let (Some(&first), len @ ..=WHOLE_TOKEN_MAX_LEN) = (bytes.first(), bytes.len()) {
+            self.bits[first as usize][len / 64] |= 1 << (len % 64);
+        }
+    }
+
+    /// False when no string of this shape was added.
+    fn contains(&self, bytes: &[u8]) -> bool {
+        match (bytes.first(), bytes.len()) {
+            (Some(&first), len @ ..=WHOLE_TOKEN_MAX_LEN) => {
+                self.bits[first as usize][len / 64] >> (len % 64) & 1 == 1
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Longest token kept in the whole-chunk lookup (the longest GPT-2, cl100k and o200k tokens
@@ -259,6 +295,11 @@ impl Tokenizer {
             })
             .collect();
 
+        let mut whole_shapes = WholeShapes::default();
+        for bytes in whole.keys() {
+            whole_shapes.add(bytes);
+        }
+
         let max_id = tokens
             .iter()
             .map(|(id, _)| *id)
@@ -289,6 +330,7 @@ impl Tokenizer {
             merges,
             tokens,
             whole,
+            whole_shapes,
             specials,
             decode_spans,
             decode_bytes,
@@ -344,9 +386,11 @@ impl Tokenizer {
             out.push(self.merger.byte_id(chunk[0]));
             return;
         }
-        if let Some(&id) = self.whole.get(chunk) {
-            out.push(id);
-            return;
+        if self.whole_shapes.contains(chunk) {
+            if let Some(&id) = self.whole.get(chunk) {
+                out.push(id);
+                return;
+            }
         }
         let Some(key) = CacheKey::new(chunk) else {
             self.merger.encode(chunk, out);
