@@ -943,17 +943,34 @@ mod tests {
         assert!(matches!(result, Err(Error::Interrupted)));
     }
 
-    /// Enough chunks that the first merges have more than PARALLEL_MIN_PLACES places and are
-    /// split between threads; the cuts must not change a single merge.
-    #[test]
-    fn threads_split_large_merges_without_changing_them() {
-        let mut state = 12345u64;
-        let mut next = move || {
+    /// A small deterministic generator (an LCG) for test corpora.
+    fn numbers(seed: u64) -> impl FnMut() -> usize {
+        let mut state = seed;
+        move || {
             state = state
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             (state >> 33) as usize
-        };
+        }
+    }
+
+    /// `n` merges of `chunks` on 1 to 4 threads, each equal to the naive trainer's.
+    fn assert_thread_counts_agree(chunks: &[(Vec<u8>, u64)], n: usize) {
+        let expected = naive::train(chunks, n, 1, None);
+        for threads in [1, 2, 3, 4] {
+            assert_eq!(
+                fast_with_threads(chunks, n, 1, None, threads),
+                expected,
+                "{threads} threads"
+            );
+        }
+    }
+
+    /// Enough chunks that the first merges have more than PARALLEL_MIN_PLACES places and are
+    /// split between threads; the cuts must not change a single merge.
+    #[test]
+    fn threads_split_large_merges_without_changing_them() {
+        let mut next = numbers(12345);
         let chunks: Vec<(Vec<u8>, u64)> = (0..30_000)
             .map(|_| {
                 let len = 2 + next() % 7;
@@ -961,37 +978,16 @@ mod tests {
                 (word, 1 + (next() % 3) as u64)
             })
             .collect();
-        let expected = naive::train(&chunks, 60, 1, None);
-        for threads in [1, 2, 3, 4] {
-            assert_eq!(
-                fast_with_threads(&chunks, 60, 1, None, threads),
-                expected,
-                "{threads} threads"
-            );
-        }
+        assert_thread_counts_agree(&chunks, 60);
     }
 
     /// One long chunk (the pathological case): large merges are cut inside it, after a node the
     /// merge cannot touch. Runs of one letter make overlapping pairs meet the cuts.
     #[test]
     fn threads_split_merges_inside_one_long_chunk_without_changing_them() {
-        let mut state = 777u64;
-        let mut next = move || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 33) as usize
-        };
+        let mut next = numbers(777);
         let word: Vec<u8> = (0..40_000).map(|_| b"aaabbc"[next() % 6]).collect();
-        let chunks = vec![(word, 3)];
-        let expected = naive::train(&chunks, 40, 1, None);
-        for threads in [1, 2, 3, 4] {
-            assert_eq!(
-                fast_with_threads(&chunks, 40, 1, None, threads),
-                expected,
-                "{threads} threads"
-            );
-        }
+        assert_thread_counts_agree(&[(word, 3)], 40);
     }
 
     /// Highest count first, then the smallest pair, across the heap and the buckets, including a
