@@ -249,6 +249,14 @@ impl PairIndex {
 
     /// Appends the places recorded under `places` (from `push_places`) to `out`, in order.
     pub(crate) fn places_of(&self, places: u32, out: &mut Vec<u32>) {
+        let block = |index: u32| self.blocks[index as usize];
+        // Nearly every pair has one block (its places come from one merge); this runs once per
+        // merge and per verified candidate, so skip collecting the chain for it.
+        if places != NO_BLOCK && block(places).prev == NO_BLOCK {
+            let Block { start, len, .. } = block(places);
+            out.extend_from_slice(&self.places[start..start + len as usize]);
+            return;
+        }
         let mut chain = Vec::new();
         let mut block = places;
         while block != NO_BLOCK {
