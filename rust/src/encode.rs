@@ -1,7 +1,8 @@
 //! BPE on one chunk: start from single bytes, repeatedly apply the listed merge with the lowest
 //! rank among adjacent pairs (leftmost on ties) until none applies.
 //!
-//! Short chunks use a plain array scan; long ones a linked list of parts plus a priority queue
+//! A chunk is first cut between bytes that no merge can join (`Merger::split_points`); then
+//! short pieces use a plain array scan, long ones a linked list of parts plus a priority queue
 //! of (rank, position) with stale entries skipped: a bucket queue over ranks (O(1) per entry)
 //! when the vocabulary's ranks are monotone, as any vocabulary trained by BPE's are, else a
 //! min-heap (O(n log n)).
@@ -48,7 +49,7 @@ pub struct Merger {
     junctions: Box<[u64]>,
     /// False once some id stands for bytes with different first or last bytes (an id shared by
     /// two bytes, or made by two merges from different bytes): `edges` no longer says which
-    /// junctions a merge can close, and long chunks are not split.
+    /// junctions a merge can close, and chunks are not split.
     edges_exact: bool,
     /// True while no merge makes an id that an earlier (or the same) merge uses. Then the pairs a
     /// merge of rank r creates (each contains the id it made) all have ranks > r: the lowest rank
@@ -263,10 +264,11 @@ impl Merger {
     /// ends in a and whose right side starts with b. Where no merge has that junction, no pair
     /// straddling the boundary ever has a rank, and BPE of the whole is BPE of each side: the
     /// lowest-ranked pair overall is always the lowest of one side, so each side sees exactly
-    /// the merges it would see alone, in the same order. Long chunks are cut there, and the
-    /// pieces (mostly short) take the fast paths with a working set that stays in cache: a
-    /// random 1 MB word of lowercase letters splits every ~7 bytes with GPT-2's merges (98 of
-    /// the 676 letter pairs occur in no token).
+    /// the merges it would see alone, in the same order. Chunks are cut there, and the pieces
+    /// (mostly short) take the fast paths with a working set that stays in cache. With GPT-2's
+    /// merges a random 1 MB word of lowercase letters splits every ~7 bytes (98 of the 676
+    /// letter pairs occur in no token; 2.1x faster), and Chinese text at 59% of its byte
+    /// boundaries (the quadratic scans' work fell to an eighth; 15-25% faster overall).
     /// Only for monotone lists with exact `edges` (all vocabularies this crate builds): there
     /// every operand's edges are final when a merge using it is pushed.
     /// Not covered: a long chunk all of whose adjacent bytes some token joins (a run of one

@@ -39,10 +39,10 @@ pub fn hex(bytes: &[u8]) -> String {
 /// insertions never allocate.
 /// Rejected: `FxHashMap<Vec<u8>, Vec<u32>>`, which cost two allocations per insertion and a free
 /// per entry on every clear (malloc/free were ~18% of a profile of Chinese gpt2 encoding).
-/// Rejected: a zeroed `[u8; 32]` filled by `copy_from_slice`. The copy is a `memcpy` of a few
-/// bytes, and the wider loads that then hash and compare the key wait for those narrow stores to
-/// drain (a failed store-to-load forward): 40% of the per-chunk code in a profile of Chinese
-/// gpt2 encoding sat on the first load after that copy.
+/// Rejected: a zeroed `[u8; 32]` filled by `copy_from_slice`, a `memcpy` call per chunk whose
+/// narrow stores the key's wide loads then had to wait for. Building the words from loads of the
+/// chunk saved little (7.5 MB of Chinese: best of 9 runs 283 -> 259 ms, medians within noise):
+/// the hot spot after it is the cache miss on the table entry, not the key.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct CacheKey {
     words: [u64; CACHED_CHUNK_MAX / 8],
