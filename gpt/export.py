@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from bpe_fast._atomic import atomic_write_text
+from bpe_fast.files import atomic_write_text
 
 EOT_TEXT = "<|endoftext|>"
 GPT2_EOT_ID = 50256

@@ -34,7 +34,7 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from bpe_fast._atomic import atomic_path
+from bpe_fast.files import atomic_path
 
 SPLITS = ("train", "val", "test")
 URL_TEMPLATE = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{split}.jsonl"

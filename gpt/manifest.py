@@ -24,7 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
-from bpe_fast._atomic import atomic_write_text
+from bpe_fast.files import atomic_write_text
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "bpe-fast-shards"

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bpe_fast._atomic import atomic_path, atomic_write_text
+from bpe_fast.files import atomic_path, atomic_write_text
 
 IGNORE_INDEX = -100
 VOCAB_MULTIPLE = 64

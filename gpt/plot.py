@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from bpe_fast._atomic import atomic_path
+from bpe_fast.files import atomic_path
 
 
 def read_log(path: Path) -> list[dict]:

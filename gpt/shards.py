@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bpe_fast._atomic import atomic_path
+from bpe_fast.files import atomic_path
 
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4

@@ -1,4 +1,4 @@
-"""Atomic writes (bpe_fast._atomic) and the gpt/ writers built on them: the file appears whole or not at
+"""Atomic writes (bpe_fast.files) and the gpt/ writers built on them: the file appears whole or not at
 all, no temp file is left behind, and it gets the mode a plain open() would give (not mkstemp's 0600)."""
 
 import json
@@ -8,7 +8,7 @@ import stat
 import numpy as np
 import pytest
 
-from bpe_fast._atomic import atomic_path, atomic_write_text
+from bpe_fast.files import atomic_path, atomic_write_text
 
 
 @pytest.fixture

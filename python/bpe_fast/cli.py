@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 
 from . import __version__
-from ._atomic import atomic_write_bytes, atomic_write_text
+from .files import atomic_write_bytes, atomic_write_text
 from .patterns import NAMES
 from .tokenizer import Tokenizer
 

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ._atomic import atomic_write_text
+from .files import atomic_write_text
 from .gpt2_files import bytes_to_gpt2_text
 from .patterns import PATTERNS, RAW, pattern_regex
 from .tokenizer import Tokenizer

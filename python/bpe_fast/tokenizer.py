@@ -285,6 +285,35 @@ class Tokenizer:
         """`encode_ordinary` of every text, in parallel."""
         return self.encode_batch(texts, disallowed_special=(), num_threads=num_threads)
 
+    def encode_batch_flat(
+        self,
+        texts: Iterable[str],
+        *,
+        allowed_special: SpecialSet = frozenset(),
+        disallowed_special: SpecialSet = "all",
+        num_threads: Optional[int] = None,
+        prefix_id: Optional[int] = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`encode_batch` for bulk users: `(ids, offsets)` numpy arrays, with no Python int per token.
+
+        `ids` (uint32) holds every text's tokens back to back, each text preceded by `prefix_id` when one
+        is given (e.g. the end-of-text id that separates documents in shards); `offsets` (int64, one
+        longer than `texts`) gives text k as ``ids[offsets[k]:offsets[k + 1]]``, prefix included."""
+        import numpy as np
+
+        if isinstance(texts, str):
+            raise TypeError("encode_batch_flat takes a list of str, not one str")
+        texts = texts if isinstance(texts, list) else list(texts)
+        allowed = self._allowed_list(texts, allowed_special, disallowed_special)
+        prefix = None if prefix_id is None else int(prefix_id)
+        ids_bytes, ends_bytes = self._core.encode_batch_to_buffer(
+            texts, allowed, _threads(num_threads), prefix
+        )
+        ids = np.frombuffer(ids_bytes, dtype="<u4").astype(np.uint32, copy=False)
+        offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+        offsets[1:] = np.frombuffer(ends_bytes, dtype="<u8")
+        return ids, offsets
+
     def encode_to_numpy(
         self, text: str, allowed_special: SpecialSet = frozenset(), disallowed_special: SpecialSet = "all"
     ) -> np.ndarray:

@@ -17,7 +17,7 @@ from typing import Any, Optional, Union
 
 import regex
 
-from ._atomic import atomic_write_text
+from .files import atomic_write_text
 from .patterns import canonical_pattern
 
 PathLike = Union[str, "os.PathLike[str]"]
