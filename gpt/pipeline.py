@@ -18,8 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CORPUS = REPO_ROOT / "data" / "corpora" / "tinyshakespeare.txt"
+from bpe_fast import samples
+
+DEFAULT_CORPUS = samples.path("tinyshakespeare.txt")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

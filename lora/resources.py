@@ -13,9 +13,10 @@ import json
 from pathlib import Path
 from typing import Dict, List
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-FINETUNE_DATA_DIR = REPO_ROOT / "data" / "finetune"
-GPT2_TOKENIZER_DIR = REPO_ROOT / "python" / "bpe_fast" / "gpt2"
+from bpe_fast import samples
+
+FINETUNE_DATA_DIR = samples.SAMPLES_DIR / "finetune"
+GPT2_TOKENIZER_DIR = samples.gpt2_dir()
 
 # The bundled stand-ins for the hub data sets the course report trained on.
 BUNDLED_DATASETS: Dict[str, str] = {

@@ -16,7 +16,7 @@ try:  # an installed bpe_fast (maturin develop / pip install) wins; else the sou
 except ImportError:
     sys.path.insert(0, str(REPO / "python"))
 
-CORPORA = REPO / "data" / "corpora"
+CORPORA = REPO / "python" / "bpe_fast" / "samples" / "corpora"
 
 # Text for property tests. Python's `regex` module classifies characters by Unicode 17, the Rust core (like
 # tiktoken) by an older Unicode: ~17k newly assigned code points (\p{L}, \p{N}) and U+0295 (Lo -> Ll) are

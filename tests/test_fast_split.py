@@ -21,7 +21,7 @@ core = pytest.importorskip("bpe_fast._core", reason="bpe_fast's Rust extension i
 if not hasattr(core, "split"):
     pytest.skip("bpe_fast._core has no split(pattern, text) yet", allow_module_level=True)
 
-CORPORA = Path(__file__).resolve().parent.parent / "data" / "corpora"
+CORPORA = Path(__file__).resolve().parent.parent / "python" / "bpe_fast" / "samples" / "corpora"
 
 # GPT-2's pattern as published in GPT-2's encoder.py; tiktoken spells the same language differently
 # (possessive quantifiers, `\s++$`), and both spellings must give our chunks.
