@@ -276,7 +276,7 @@ impl Merger {
     /// Rejected: cutting at fixed windows and repairing the boundaries. A window's encoding can
     /// depend on bytes far outside it (the parity of a run decides how "aaaa..." pairs up), so
     /// that needs a proof that a boundary is final, which only this byte-pair test gives cheaply.
-    fn split_points<'a>(&'a self, bytes: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
+    pub(crate) fn split_points<'a>(&'a self, bytes: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
         let splittable = self.monotone && self.edges_exact;
         let pairs = if splittable { bytes.len() } else { 0 };
         (1..pairs).filter(move |&i| !self.may_join(bytes[i - 1], bytes[i]))
@@ -291,7 +291,7 @@ impl Merger {
     /// entry still describes the pair there (ranks identify pairs; a dead part has NO_RANK).
     /// Keeping each pair's rank and product beside it means a merge costs two hash lookups (the
     /// two new pairs) and nothing else.
-    fn encode_unsplit(&self, bytes: &[u8], out: &mut Vec<u32>) {
+    pub(crate) fn encode_unsplit(&self, bytes: &[u8], out: &mut Vec<u32>) {
         if bytes.len() <= SHORT_CHUNK {
             return self.encode_short(bytes, out);
         }

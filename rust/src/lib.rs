@@ -8,12 +8,14 @@ pub mod fast_split;
 mod memory_hints;
 pub mod ordered;
 mod pair_index;
+mod piece_cache;
 pub mod pretokenize;
 pub mod recover;
 pub mod threads;
 pub mod tokenizer;
 pub mod train;
 mod unicode_tables;
+pub mod word_table;
 
 pub use count::ChunkCounter;
 pub use error::{Error, Result};

@@ -9,8 +9,10 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::encode::Merger;
 use crate::error::{Error, Result};
+use crate::piece_cache::PieceCache;
 use crate::pretokenize::Pattern;
 use crate::threads::with_threads;
+use crate::word_table::{WordTable, LONG_KEY_MAX};
 
 /// Ids above this are refused: the decode table is indexed by id.
 pub const MAX_ID: u32 = (1 << 26) - 1;
@@ -107,6 +109,8 @@ fn load_word(bytes: &[u8]) -> u64 {
 pub struct ChunkCache {
     /// The `identity` of the tokenizer whose encodings `map` holds.
     owner: Option<u64>,
+    /// Short pieces (the cache in front of this one).
+    pieces: PieceCache,
     /// Chunk -> (start, len) of its ids in `ids`.
     map: FxHashMap<CacheKey, (u32, u32)>,
     /// The ids of all cached chunks, back to back; emptied together with `map`.
@@ -116,6 +120,16 @@ pub struct ChunkCache {
 }
 
 impl ChunkCache {
+    /// Empties the cache (keeping its allocations) and gives it to the tokenizer `owner`.
+    fn reset(&mut self, owner: u64) {
+        self.owner = Some(owner);
+        self.pieces.reset(owner);
+        self.map.clear();
+        self.ids.clear();
+        self.hits = 0;
+        self.misses = 0;
+    }
+
     /// Text whose chunks rarely repeat (Chinese clauses under the gpt2 pattern) would only pay
     /// for insertions: after a warm-up, keep inserting only while at least a third of lookups hit.
     fn worth_inserting(&self) -> bool {
@@ -142,6 +156,8 @@ pub struct Tokenizer {
     /// (long Chinese clauses above all) fail this 8 KiB test and skip hashing and probing the
     /// whole-token map, which misses the caches.
     whole_shapes: WholeShapes,
+    /// The same lookup as `whole` for tokens of 2..=16 bytes, without hashing bytes.
+    words: WordTable,
     specials: Vec<(String, u32)>,
     /// id -> (start, len) in `decode_bytes`; len u32::MAX = no such id.
     decode_spans: Vec<(u32, u32)>,
@@ -328,8 +344,9 @@ impl Tokenizer {
             })
             .collect();
 
+        let words = WordTable::new(whole.iter().map(|(bytes, &id)| (bytes.as_slice(), id)));
         let mut whole_shapes = WholeShapes::default();
-        for bytes in whole.keys() {
+        for bytes in whole.keys().filter(|b| b.len() > LONG_KEY_MAX) {
             whole_shapes.add(bytes);
         }
 
@@ -364,6 +381,7 @@ impl Tokenizer {
             tokens,
             whole,
             whole_shapes,
+            words,
             specials,
             decode_spans,
             decode_bytes,
@@ -413,12 +431,21 @@ impl Tokenizer {
         }
     }
 
-    /// Appends the tokens of one chunk.
-    fn encode_chunk(&self, chunk: &[u8], out: &mut Vec<u32>, cache: &mut ChunkCache) {
-        if chunk.len() == 1 {
-            out.push(self.merger.byte_id(chunk[0]));
-            return;
+    /// Appends the tokens of the chunk `text[start..start + len]` (`text` is the whole text, so
+    /// short chunks can be loaded as words: see `WordTable`).
+    #[inline(always)]
+    fn encode_chunk(
+        &self,
+        text: &[u8],
+        start: usize,
+        len: usize,
+        out: &mut Vec<u32>,
+        cache: &mut ChunkCache,
+    ) {
+        if len <= LONG_KEY_MAX {
+            return self.encode_short_piece(text, start, len, out, cache);
         }
+        let chunk = &text[start..start + len];
         if self.whole_shapes.contains(chunk) {
             if let Some(&id) = self.whole.get(chunk) {
                 out.push(id);
@@ -426,7 +453,7 @@ impl Tokenizer {
             }
         }
         let Some(key) = CacheKey::new(chunk) else {
-            self.merger.encode(chunk, out);
+            self.encode_pieces(text, start, len, out, cache);
             return;
         };
         if let Some(&(start, len)) = cache.map.get(&key) {
@@ -435,19 +462,74 @@ impl Tokenizer {
             return;
         }
         cache.misses += 1;
-        let start = out.len();
-        self.merger.encode(chunk, out);
+        let at = out.len();
+        self.encode_pieces(text, start, len, out, cache);
         if cache.worth_inserting() {
             if cache.map.len() >= CACHE_CAPACITY {
                 // clear() keeps both allocations, so a refill costs no reallocation.
                 cache.map.clear();
                 cache.ids.clear();
             }
-            let made = &out[start..];
+            let made = &out[at..];
             cache
                 .map
                 .insert(key, (cache.ids.len() as u32, made.len() as u32));
             cache.ids.extend_from_slice(made);
+        }
+    }
+
+    /// A chunk or piece of at most 16 bytes: its byte, a whole token, a cached piece, or BPE (whose
+    /// result is then cached).
+    #[inline(always)]
+    fn encode_short_piece(
+        &self,
+        text: &[u8],
+        start: usize,
+        len: usize,
+        out: &mut Vec<u32>,
+        cache: &mut ChunkCache,
+    ) {
+        if len == 1 {
+            out.push(self.merger.byte_id(text[start]));
+            return;
+        }
+        if let Some(id) = self.words.get(text, start, len) {
+            out.push(id);
+            return;
+        }
+        if cache.pieces.get(text, start, len, out) {
+            return;
+        }
+        let at = out.len();
+        self.encode_pieces(text, start, len, out, cache);
+        cache.pieces.insert(text, start, len, &out[at..]);
+    }
+
+    /// BPE of `text[start..start + len]` as a whole: cut where no merge can join
+    /// (`Merger::split_points`), short pieces through `encode_short_piece` (most repeat), the rest
+    /// by BPE.
+    fn encode_pieces(
+        &self,
+        text: &[u8],
+        start: usize,
+        len: usize,
+        out: &mut Vec<u32>,
+        cache: &mut ChunkCache,
+    ) {
+        let chunk = &text[start..start + len];
+        let mut piece_start = 0;
+        let cuts = self.merger.split_points(chunk);
+        for end in cuts.chain(std::iter::once(len)) {
+            let piece_len = end - piece_start;
+            if piece_len == len {
+                // Nothing to cut: BPE of the whole.
+                self.merger.encode_unsplit(chunk, out);
+            } else if piece_len <= LONG_KEY_MAX {
+                self.encode_short_piece(text, start + piece_start, piece_len, out, cache);
+            } else {
+                self.merger.encode_unsplit(&chunk[piece_start..end], out);
+            }
+            piece_start = end;
         }
     }
 
@@ -457,8 +539,11 @@ impl Tokenizer {
         out: &mut Vec<u32>,
         cache: &mut ChunkCache,
     ) -> Result<()> {
+        let bytes = text.as_bytes();
+        let base = bytes.as_ptr() as usize;
         self.pattern.for_each_chunk(text, &mut |chunk| {
-            self.encode_chunk(chunk.as_bytes(), out, cache)
+            let start = chunk.as_ptr() as usize - base;
+            self.encode_chunk(bytes, start, chunk.len(), out, cache)
         })
     }
 
@@ -467,10 +552,7 @@ impl Tokenizer {
         THREAD_CACHE.with(|cell| match cell.try_borrow_mut() {
             Ok(mut cache) => {
                 if cache.owner != Some(self.identity) {
-                    *cache = ChunkCache {
-                        owner: Some(self.identity),
-                        ..ChunkCache::default()
-                    };
+                    cache.reset(self.identity);
                 }
                 work(&mut cache)
             }
