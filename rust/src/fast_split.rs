@@ -272,7 +272,7 @@ fn caseless_letter_len(bytes: &[u8], i: usize, letter: u8) -> usize {
 /// (the same set, in an order that cannot change the result, for all three patterns).
 /// `caseless` selects `(?i)` matching (cl100k, o200k) over exact ASCII (GPT-2).
 #[inline(always)]
-fn contraction_end(bytes: &[u8], i: usize, caseless: bool) -> Option<usize> {
+pub(crate) fn contraction_end(bytes: &[u8], i: usize, caseless: bool) -> Option<usize> {
     debug_assert_eq!(bytes[i], b'\'');
     let letter_len = |at: usize, letter: u8| {
         if caseless {
@@ -305,7 +305,7 @@ fn contraction_end(bytes: &[u8], i: usize, caseless: bool) -> Option<usize> {
 // ---------------------------------------------------------------------------------------------
 
 #[inline(always)]
-fn gpt2_chunk_end(bytes: &[u8], start: usize) -> usize {
+pub(crate) fn gpt2_chunk_end(bytes: &[u8], start: usize) -> usize {
     let first_byte = bytes[start];
     // 's|'t|'re|'ve|'m|'ll|'d
     if first_byte == b'\'' {
@@ -336,7 +336,7 @@ fn gpt2_chunk_end(bytes: &[u8], start: usize) -> usize {
 // ---------------------------------------------------------------------------------------------
 
 #[inline(always)]
-fn gpt4_chunk_end(bytes: &[u8], start: usize) -> usize {
+pub(crate) fn gpt4_chunk_end(bytes: &[u8], start: usize) -> usize {
     // '(?i:[sdmt]|ll|ve|re)
     if bytes[start] == b'\'' {
         if let Some(end) = contraction_end(bytes, start, true) {
@@ -435,7 +435,7 @@ fn o200k_with_contraction(bytes: &[u8], word_end: usize) -> usize {
 /// Nothing is possessive here: the optional prefix is tried taken, then given back (which matters
 /// when it is a combining mark, since marks are both prefix characters and word characters).
 #[inline(always)]
-fn o200k_chunk_end(bytes: &[u8], start: usize) -> usize {
+pub(crate) fn o200k_chunk_end(bytes: &[u8], start: usize) -> usize {
     let (flags, len) = char_at(bytes, start);
     let has_prefix = is_prefix(flags);
     // Alternative 1, prefix taken, then prefix given back.

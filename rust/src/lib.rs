@@ -15,6 +15,7 @@ pub mod threads;
 pub mod tokenizer;
 pub mod train;
 mod unicode_tables;
+pub mod window_split;
 pub mod word_table;
 
 pub use count::ChunkCounter;

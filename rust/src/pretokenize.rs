@@ -10,6 +10,7 @@ use std::sync::Arc;
 use fancy_regex::{Regex, RegexBuilder};
 
 use crate::error::{Error, Result};
+use crate::window_split::{self, Rules};
 
 /// tiktoken's r50k_base / gpt2 pattern.
 pub const GPT2_REGEX: &str =
@@ -95,27 +96,30 @@ impl Pattern {
 
     /// Calls `f` with every chunk of `text`, in order; the chunks concatenate to `text`.
     pub fn for_each_chunk(&self, text: &str, f: &mut impl FnMut(&str)) -> Result<()> {
+        self.for_each_span(text, &mut |start, end| f(&text[start..end]))
+    }
+
+    /// Calls `f(start, end)` with the byte range of every chunk of `text`, in order.
+    #[inline(always)]
+    pub fn for_each_span(&self, text: &str, f: &mut impl FnMut(usize, usize)) -> Result<()> {
         match self {
-            Pattern::Gpt2 => {
-                crate::fast_split::split_gpt2(text, f);
-                Ok(())
-            }
-            Pattern::Gpt4 => {
-                crate::fast_split::split_gpt4(text, f);
-                Ok(())
-            }
-            Pattern::O200k => {
-                crate::fast_split::split_o200k(text, f);
-                Ok(())
-            }
+            Pattern::Gpt2 => window_split::split(Rules::Gpt2, text, f),
+            Pattern::Gpt4 => window_split::split(Rules::Gpt4, text, f),
+            Pattern::O200k => window_split::split(Rules::O200k, text, f),
             Pattern::Raw => {
                 if !text.is_empty() {
-                    f(text);
+                    f(0, text.len());
                 }
-                Ok(())
             }
-            Pattern::Custom { regex, .. } => regex_chunks(regex, text, f),
+            Pattern::Custom { regex, .. } => {
+                let base = text.as_ptr() as usize;
+                regex_chunks(regex, text, &mut |chunk| {
+                    let start = chunk.as_ptr() as usize - base;
+                    f(start, start + chunk.len())
+                })?
+            }
         }
+        Ok(())
     }
 
     /// The chunks of `text` as owned strings (for tests and inspection).

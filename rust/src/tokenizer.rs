@@ -540,10 +540,8 @@ impl Tokenizer {
         cache: &mut ChunkCache,
     ) -> Result<()> {
         let bytes = text.as_bytes();
-        let base = bytes.as_ptr() as usize;
-        self.pattern.for_each_chunk(text, &mut |chunk| {
-            let start = chunk.as_ptr() as usize - base;
-            self.encode_chunk(bytes, start, chunk.len(), out, cache)
+        self.pattern.for_each_span(text, &mut |start, end| {
+            self.encode_chunk(bytes, start, end - start, out, cache)
         })
     }
 
