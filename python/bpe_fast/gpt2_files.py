@@ -16,6 +16,8 @@ from typing import Union
 PathLike = Union[str, "os.PathLike[str]"]
 
 ENDOFTEXT = "<|endoftext|>"
+"""The end-of-text special token (GPT-2's, and what `bpe-fast train` adds by default); public as
+`bpe_fast.ENDOFTEXT`, the one definition of it."""
 
 
 @lru_cache(maxsize=1)
