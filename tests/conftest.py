@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import unicodedata
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from hypothesis import strategies as st
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Property tests draw BPE_FAST_HYPOTHESIS_EXAMPLES examples (default 200; CI may raise it for a deeper run).
+# A test that needs another count scales this one with `examples(share)`, so the variable moves them all.
+HYPOTHESIS_EXAMPLES = int(os.environ.get("BPE_FAST_HYPOTHESIS_EXAMPLES", "200"))
+if HYPOTHESIS_EXAMPLES < 1:
+    raise ValueError(f"BPE_FAST_HYPOTHESIS_EXAMPLES={HYPOTHESIS_EXAMPLES}: must be a positive integer")
+settings.register_profile("bpe-fast", max_examples=HYPOTHESIS_EXAMPLES, deadline=None)
+settings.load_profile("bpe-fast")
+
+
+def examples(share: float) -> int:
+    """`share` of the configured example count (at least 1), for property tests heavier or lighter than most."""
+    return max(1, round(HYPOTHESIS_EXAMPLES * share))
+
 
 try:  # an installed bpe_fast (maturin develop / pip install) wins; else the source tree
     import bpe_fast  # noqa: F401

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bpe_fast
+import bpe_fast.patterns
+from bpe_fast import _core
 from bpe_fast.tokenizer import Tokenizer
+from conftest import examples
 
 ENDOFTEXT = "<|endoftext|>"
 
@@ -69,7 +73,7 @@ def test_disallowed_special_text_names_token_and_position(gpt2):
         gpt2.encode("x", allowed_special="everything")
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(0.75))
 @given(st.text())
 def test_decode_of_encode_ordinary_is_identity(gpt2, text):
     assert gpt2.decode(gpt2.encode_ordinary(text)) == text
@@ -152,3 +156,65 @@ def test_bad_tiktoken_file(tmp_path):
     with pytest.raises(ValueError, match=":2"):
         Tokenizer.from_tiktoken(path, pattern="gpt2")
     assert Path(path).exists()
+
+
+@pytest.mark.parametrize("method", ["encode_batch", "encode_ordinary_batch", "encode_batch_flat"])
+@pytest.mark.parametrize("one_text", ["ABC", b"ABC"])
+def test_batch_methods_refuse_one_str(gpt2, method, one_text):
+    # A str is an iterable of str: without the check "ABC" encoded as three texts, [[32], [33], [34]].
+    with pytest.raises(TypeError, match=rf"{method}\(texts\) takes a list of str"):
+        getattr(gpt2, method)(one_text)
+    assert getattr(gpt2, method)(["ABC"]) is not None
+
+
+# A pattern with nested repetitions: exponential backtracking on a run of "a" without a "b" after it.
+RUNAWAY = r"(a|aa)+(?=b)|\s"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a" * 60,
+        "hello world " * 50_000 + "a" * 60,
+        "hello world " * 50_000 + "a" * 60 + "x" * 200_000,  # the runaway spot is followed by more text
+    ],
+    ids=["short", "after-long-text", "inside-long-text"],
+)
+def test_runaway_custom_pattern_fails_within_a_second_naming_it(tmp_path, text):
+    # thread_time: the CPU this thread spent (the split runs on it), steady on a busy machine.
+    started = time.thread_time()
+    with pytest.raises(ValueError) as caught:
+        _core.split(RUNAWAY, text)
+    assert time.thread_time() - started < 1.0
+    assert RUNAWAY in str(caught.value) and "runs away" in str(caught.value)
+    # Training and encoding report it the same way.
+    corpus = tmp_path / "runaway.txt"
+    corpus.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match="runs away"):
+        bpe_fast.train(corpus, 300, pattern=RUNAWAY)
+    tok = bpe_fast.train(["hello world"], 260, pattern=RUNAWAY)
+    with pytest.raises(ValueError, match="runs away"):
+        tok.encode(text)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "text"),
+    [
+        (r"(?<=\n)ZZZ+", "the cat sat on the mat\n" * 400_000),  # never matches: one search scans 9 MB
+        (r"\w+(?=[.!?])|\s+", ("word " * 100 + "end. ") * 1_000),  # lookahead, quadratic per word only
+        (r"'s|\p{L}++|\p{N}++|\s++$|\s+(?!\S)|\s|[^\s\p{L}\p{N}]++", "x" + " " * 500_000 + "y" * 500_000),
+    ],
+    ids=["rare-lookbehind", "lookahead", "possessive-runs"],
+)
+def test_ordinary_custom_patterns_run_on_long_inputs(pattern, text):
+    chunks = _core.split(pattern, text)
+    assert "".join(chunks) == text
+    assert chunks == bpe_fast.patterns.split_text(pattern, text)
+
+
+def test_built_in_patterns_never_hit_the_regex_limits():
+    # The built-in patterns run in fast_split, not the regex engine: long runs of anything are fine.
+    for pattern in ("gpt2", "gpt4", "o200k"):
+        for run in ("a", " ", "1", "!", "\n", "三", " \n"):
+            text = "x" + run * 1_000_000 + "y"
+            assert "".join(_core.split(pattern, text)) == text

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from bpe_fast import _core  # noqa: E402
-from conftest import tiktoken_comparable  # noqa: E402
+from conftest import examples, tiktoken_comparable  # noqa: E402
 
 GPT2_DIR = Path(__file__).resolve().parents[1] / "python" / "bpe_fast" / "gpt2"
 ENDOFTEXT = "<|endoftext|>"
@@ -94,19 +94,19 @@ def test_vocab_shape(core):
     assert core.token_bytes(50256) == ENDOFTEXT.encode()
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(1.5), suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(max_size=200))
 def test_hypothesis_text_equals_tiktoken(core, reference, text):
     check_same(core, reference, without_surrogates(text))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(0.75))
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_replace_equals_tiktoken(core, reference, raw):
     check_same(core, reference, raw.decode("utf-8", errors="replace"))
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(0.5))
 @given(st.binary(max_size=120))
 def test_arbitrary_bytes_surrogatepass(core, reference, raw):
     try:
@@ -121,7 +121,7 @@ def test_arbitrary_bytes_surrogatepass(core, reference, raw):
     check_same(core, reference, text)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(0.3))
 @given(
     st.lists(
         st.sampled_from(["a", "b", " ", "  ", "\n", "'s", "0", "9", "é", "中", "!", "\t", "😀"]), max_size=60

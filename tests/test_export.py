@@ -1,5 +1,5 @@
-"""Exports must encode exactly like us: tiktoken.Encoding / rank files, HF tokenizer.json (tokenizers and
-transformers)."""
+"""Exports must encode exactly like us: tiktoken.Encoding and rank files, the bare map. (The Hugging Face
+export: test_hf_export.py.)"""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def test_gpt2_exports_to_tiktoken_gpt2():
     assert encoding.encode(text) == gpt2.encode(text)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(suppress_health_check=[HealthCheck.too_slow])
 @given(
     documents=st.lists(
         st.lists(st.sampled_from(list("aabbc  d\n你好")), max_size=50).map("".join), min_size=1, max_size=4
@@ -91,42 +91,11 @@ def test_export_refuses_vocabs_tiktoken_would_rank_differently():
         export.to_tiktoken(out_of_order)
 
 
-def hf_tokenizer(tok: Tokenizer, tmp_path):
-    tokenizers = pytest.importorskip("tokenizers")
-    path = export.save_hf(tok, tmp_path / "tokenizer.json")
-    return path, tokenizers.Tokenizer.from_file(str(path))
-
-
-def test_hf_tokenizers_matches(tmp_path, trained):
-    _, hf = hf_tokenizer(trained, tmp_path)
-    # HF always splits out added (special) tokens: our allowed_special="all".
-    assert hf.encode(PROBE).ids == trained.encode(PROBE, allowed_special="all")
-    assert hf.encode(CORPUS).ids == trained.encode(CORPUS)
-    assert hf.get_vocab_size() == trained.vocab_size
-
-
-def test_transformers_fast_tokenizer_matches(tmp_path, trained):
-    transformers = pytest.importorskip("transformers")
-    path, _ = hf_tokenizer(trained, tmp_path)
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(path))
-    ids = trained.encode(PROBE, allowed_special="all")
-    assert fast.encode(PROBE) == ids
-    assert fast.decode(ids) == PROBE
-
-
-def test_hf_gpt2_export_matches_gpt2(tmp_path):
-    gpt2 = Tokenizer.gpt2()
-    _, hf = hf_tokenizer(gpt2, tmp_path)
-    text = corpus_slice("tinyshakespeare.txt", 30_000) + corpus_slice("sanguo_yanyi.txt", 5_000)
-    assert hf.encode(text).ids == gpt2.encode(text)
-
-
-def test_custom_regex_with_gaps_exports_exactly(tmp_path):
+def test_custom_regex_with_gaps_exports_exactly_to_tiktoken():
     # The regex leaves capitals, digits, punctuation and CJK unmatched: we keep that text as chunks.
+    # (The Hugging Face export refuses custom regexes: test_hf_export.py.)
     tok = train_quietly([CORPUS], 350, pattern=r"[a-z]+| ")
     assert tok.decode(tok.encode_ordinary(PROBE)) == PROBE
-    _, hf = hf_tokenizer(tok, tmp_path)
-    assert hf.encode(PROBE).ids == tok.encode(PROBE, allowed_special="all")
     assert export.to_tiktoken(tok).encode_ordinary(PROBE) == tok.encode_ordinary(PROBE)
 
 

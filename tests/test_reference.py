@@ -10,7 +10,7 @@ from bpe_fast import reference
 from bpe_fast.gpt2_files import read_gpt2_files
 from bpe_fast.patterns import GPT2_PATTERN, canonical_pattern, split_text
 from bpe_fast.tokenizer import bundled_gpt2_paths
-from conftest import corpus_slice, stable_text
+from conftest import corpus_slice, examples, stable_text
 
 A, B, SPACE = ord("a"), ord("b"), ord(" ")
 
@@ -87,7 +87,7 @@ def test_leftmost_wins_among_equal_ranks():
     assert tok.encode_ordinary("aaa") == [256, A]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(0.3))
 @given(st.lists(st.text(alphabet="ab c\n", max_size=30), min_size=1, max_size=5), st.integers(256, 300))
 def test_recover_merges_gives_back_trained_merges(documents, vocab_size):
     tok = reference.train(documents, vocab_size, pattern="raw")
@@ -126,13 +126,13 @@ def test_reference_encodes_like_tiktoken_gpt2(name, reference_gpt2, tiktoken_gpt
     assert reference_gpt2.encode_ordinary(text) == tiktoken_gpt2.encode_ordinary(text)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(0.5))
 @given(stable_text(40))
 def test_reference_gpt2_matches_tiktoken_on_any_text(reference_gpt2, tiktoken_gpt2, text):
     assert reference_gpt2.encode_ordinary(text) == tiktoken_gpt2.encode_ordinary(text)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(0.5))
 @given(st.text(max_size=60))
 def test_gpt2_chunks_cover_the_text(text):
     # tiktoken's patterns match every character, so chunks concatenate back to the text.

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import bpe_fast
 from bpe_fast import reference
-from conftest import corpus_slice, stable_text
+from conftest import corpus_slice, examples, stable_text
 
 pytestmark = pytest.mark.filterwarnings("ignore:training stopped")
 
@@ -96,7 +96,7 @@ DOCUMENTS = st.lists(st.lists(ALPHABET, max_size=60).map("".join), min_size=1, m
 )
 
 
-@settings(max_examples=220, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(1.1), suppress_health_check=[HealthCheck.too_slow])
 @given(
     documents=DOCUMENTS,
     vocab_size=st.integers(256, 330),
@@ -118,7 +118,6 @@ def test_hypothesis_corpora(documents, vocab_size, pattern, min_frequency, max_t
     )
 
 
-@settings(max_examples=200, deadline=None)
 @given(
     text=st.one_of(stable_text(50), DOCUMENTS.map("".join)),
     pattern=st.sampled_from(["gpt2", "gpt4", "o200k", "raw", CUSTOM_REGEX, GAPPY_REGEX, r"x*", r"(a)b|c"]),

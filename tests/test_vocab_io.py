@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -187,3 +189,75 @@ def test_save_into_a_directory_path_fails_cleanly(tmp_path):
     with pytest.raises(IsADirectoryError):
         vocab_io.save_bare(tmp_path, byte_tokens())
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        (
+            '{"format": "bpe-fast", "vocab": ' + '{"0": ' * 100_000 + "1" + "}" * 100_000 + "}",
+            "nested too deeply",
+        ),
+        ('{"' + "1" * 5_000 + '": "00"}', "5000 digits"),
+        ('{"format": "bpe-fast", "version": ' + "9" * 5_000 + "}", "5000 digits"),
+        (
+            '{"format": "bpe-fast", "version": 1, "pattern": "gpt2", "vocab": {}, "merges": [['
+            + "7" * 5_000
+            + ", 1]]}",
+            "5000 digits",
+        ),
+    ],
+)
+def test_hostile_json_is_a_value_error_naming_the_file(tmp_path, content, fragment):
+    # Before: RecursionError for deep nesting; for a 5,000-digit id, int()'s ValueError without the file.
+    path = tmp_path / "hostile.json"
+    path.write_text(content, encoding="utf-8")
+    _expect_error(path, fragment)
+    # The tokenizer's loader says the same (it reads through load_vocab).
+    import bpe_fast
+
+    with pytest.raises(ValueError, match="hostile.json"):
+        bpe_fast.load(path)
+
+
+def test_merges_out_of_bpe_order_are_refused_naming_the_first(tmp_path):
+    import bpe_fast
+
+    document = valid_document()
+    document["merges"] = [[256, 101], [116, 104]]  # "th"+"e" listed before "t"+"h" makes "th"
+    path = write_json(tmp_path / "reordered.json", document)
+    with pytest.raises(ValueError) as caught:
+        bpe_fast.load(path)
+    message = str(caught.value)
+    assert "reordered.json" in message and "merge 0 (256, 101)" in message and "no earlier merge" in message
+
+
+def test_sparse_special_id_does_not_allocate_a_table_as_large_as_the_id(tmp_path):
+    import bpe_fast
+    from bpe_fast.tokenizer import MAX_TOKEN_ID
+
+    document = valid_document()
+    document["special_tokens"] = {"<|endoftext|>": MAX_TOKEN_ID}
+    path = write_json(tmp_path / "sparse.json", document)
+    assert path.stat().st_size < 4_000
+    tok = bpe_fast.load(path)
+    assert tok.vocab_size == MAX_TOKEN_ID + 1
+    assert tok.decode([257, MAX_TOKEN_ID]) == "the<|endoftext|>"
+    # Peak memory of a fresh process (VmHWM: getrusage's ru_maxrss would carry over this process's peak).
+    # A dense decode table indexed by id would be 2^26 * 8 bytes = 512 MiB.
+    probe = (
+        "import re, sys, bpe_fast\n"
+        "def peak():\n"
+        "    return int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+        "before = peak()\n"
+        "bpe_fast.load(sys.argv[1])\n"
+        "print((peak() - before) / 1024)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=60, check=True
+    )
+    grown_mib = float(result.stdout)
+    assert grown_mib < 64, f"peak memory grew {grown_mib:.0f} MiB"
+    with pytest.raises(ValueError, match=str(MAX_TOKEN_ID + 1)):
+        bpe_fast.Tokenizer.from_parts(*small_vocab()[:2], {"<|x|>": MAX_TOKEN_ID + 1}, "gpt2")

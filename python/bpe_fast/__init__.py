@@ -11,18 +11,33 @@ See DESIGN.md §3-4 for the semantics and the vocab file format.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from importlib import metadata
+from pathlib import Path
 from typing import Optional, Union
 
+from .gpt2_files import ENDOFTEXT
 from .patterns import PATTERNS
 from .tokenizer import Tokenizer
 from .training import train
 
-try:
-    __version__ = metadata.version("bpe-fast")
-except metadata.PackageNotFoundError:  # a source checkout that was never installed
-    __version__ = "0.1.0"
+
+def _version() -> str:
+    """The installed distribution's version; Cargo.toml is its one source (maturin copies it into the
+    wheel's metadata), so a source checkout that was never installed reads it from there."""
+    try:
+        return metadata.version("bpe-fast")
+    except metadata.PackageNotFoundError:
+        cargo_toml = Path(__file__).resolve().parents[2] / "Cargo.toml"
+        if cargo_toml.is_file():
+            found = re.search(r'^version\s*=\s*"([^"]+)"', cargo_toml.read_text(encoding="utf-8"), re.M)
+            if found:
+                return found.group(1)
+        return "unknown"
+
+
+__version__ = _version()
 
 
 def load(path: Union[str, os.PathLike[str]], pattern: Optional[str] = None) -> Tokenizer:
@@ -40,4 +55,4 @@ def decode(tok: Tokenizer, ids: Iterable[int]) -> str:
     return tok.decode(ids)
 
 
-__all__ = ["PATTERNS", "Tokenizer", "__version__", "decode", "encode", "load", "train"]
+__all__ = ["ENDOFTEXT", "PATTERNS", "Tokenizer", "__version__", "decode", "encode", "load", "train"]

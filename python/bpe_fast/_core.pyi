@@ -9,15 +9,22 @@ offset: never a PanicException.
 Patterns: "gpt2", "gpt4" (cl100k), "o200k", "raw", or any other string = a custom regex.
 """
 
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence, final
 
+from typing_extensions import Self
+
+__all__ = ["ChunkCounter", "CoreTokenizer", "recover_merges", "split"]
+
+# pyo3 classes are built by __new__ (there is no __init__) and cannot be subclassed (final).
+
+@final
 class ChunkCounter:
     """Pre-tokenizes documents and counts distinct chunks (bytes -> u64 count), in parallel.
 
     Documents never merge across boundaries. In "raw" mode a document is one chunk.
     """
 
-    def __init__(self, pattern: str, num_threads: int = 0) -> None: ...  # 0 = all cores
+    def __new__(cls, pattern: str, num_threads: int = 0) -> Self: ...  # 0 = all cores
     def add_texts(self, texts: Sequence[str]) -> None:
         """Each str is one document. GIL released while counting."""
     def add_file(self, path: str, doc_sep: Optional[str] = None) -> None:
@@ -37,17 +44,19 @@ class ChunkCounter:
         Returns merges in rank order; merge k makes id 256 + k. May return fewer than num_merges
         (no candidate pair left with count >= min_frequency). Exactly DESIGN.md section 3."""
 
+@final
 class CoreTokenizer:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         # every non-special token as (id, bytes); all 256 single bytes present
         tokens: Sequence[tuple[int, bytes]],
         merges: Sequence[tuple[int, int]],  # rank order; each must produce a token in `tokens`
         special_tokens: Sequence[tuple[str, int]],
         pattern: str,
-    ) -> None:
-        """Validates (duplicate ids/bytes, missing single bytes, merges naming unknown ids or not
-        producing their token, special ids clashing) and raises ValueError naming the bad entry."""
+    ) -> Self:
+        """Validates (duplicate ids/bytes, missing single bytes, merges naming unknown ids, not
+        producing their token or not in BPE order, special ids clashing) and raises ValueError
+        naming the bad entry."""
     @property
     def pattern(self) -> str: ...
     @property

@@ -8,7 +8,11 @@ Both targets must encode exactly as we do (tests check it on corpora):
   refused rather than exported wrong.
 * HF's BPE model applies listed merges by rank, leftmost first, like us; `ignore_merges` must be off
   (otherwise a chunk that is itself a token skips the merges). Bytes are shown with GPT-2's byte<->unicode
-  mapping (ByteLevel pre-tokenizer without its own regex, after a Split with our regex).
+  mapping (ByteLevel pre-tokenizer without its own regex, after a Split with our regex). Exact for the
+  built-in patterns and "raw", whatever the ids (GPT-2's permuted bytes, sparse special ids). Refused
+  rather than written wrong: a custom regex (HF runs it with Oniguruma, whose syntax and matching differ
+  from the judge's), and a special token whose text is also an ordinary token's text in HF's vocab
+  (HF would give both one id). `write_hf_tokenizer_dir` writes what `AutoTokenizer.from_pretrained` loads.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ import os
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from .files import atomic_write_text
-from .gpt2_files import bytes_to_gpt2_text
+from .files import atomic_write_json, atomic_write_text
+from .gpt2_files import ENDOFTEXT, bytes_to_gpt2_text
 from .patterns import PATTERNS, RAW, pattern_regex
 from .tokenizer import Tokenizer
 
@@ -99,7 +103,16 @@ def save_tiktoken(tok: Tokenizer, path: PathLike) -> Path:
     return atomic_write_text(path, tiktoken_file_text(tok))
 
 
+class HFExportError(ValueError):
+    """The tokenizer has no exact Hugging Face equivalent; nothing was written."""
+
+
 def _hf_regex(tok: Tokenizer) -> Optional[str]:
+    if tok.pattern != RAW and tok.pattern not in PATTERNS:
+        raise HFExportError(
+            f"cannot export a tokenizer with the custom pattern {tok.pattern!r} to Hugging Face: HF runs "
+            "pre-tokenizer regexes with Oniguruma, which can split differently; use gpt2, gpt4, o200k or raw"
+        )
     expression = pattern_regex(tok.pattern)
     if expression is None:
         return None
@@ -110,14 +123,26 @@ def _hf_regex(tok: Tokenizer) -> Optional[str]:
 
 
 def hf_tokenizer_json(tok: Tokenizer) -> dict[str, Any]:
-    """The `tokenizer.json` document (as a dict) for `tok`."""
+    """The `tokenizer.json` document (as a dict) for `tok`; :class:`HFExportError` when HF cannot encode
+    exactly like `tok`."""
+    expression = _hf_regex(tok)
     tokens = tok.tokens()
     vocab = {bytes_to_gpt2_text(value): token_id for token_id, value in sorted(tokens.items())}
+    for text, special_id in sorted(tok.special_tokens.items(), key=lambda kv: kv[1]):
+        if text in vocab:
+            raise HFExportError(
+                f"cannot export to Hugging Face: special token {text!r} (id {special_id}) has the same text as "
+                f"ordinary token {vocab[text]} in HF's vocab, and HF would give both one id; retrain with a "
+                "pattern that splits it (gpt2, gpt4, o200k) or with another special-token text"
+            )
     merges = [
         [bytes_to_gpt2_text(tokens[left]), bytes_to_gpt2_text(tokens[right])] for left, right in tok.merges
     ]
+    # HF gives an added token the model vocab's id for its text when there is one, and otherwise the next
+    # id after the model vocab's entry count, whatever id the file says; listing special tokens in the
+    # model vocab too (as GPT-2's own tokenizer.json does) keeps their ids. No merge makes their text.
+    vocab.update(tok.special_tokens)
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
-    expression = _hf_regex(tok)
     if expression is None:
         pre_tokenizer: dict[str, Any] = byte_level
     else:
@@ -172,6 +197,43 @@ def save_hf(tok: Tokenizer, path: PathLike) -> Path:
     return atomic_write_text(path, json.dumps(hf_tokenizer_json(tok), ensure_ascii=False, indent=1) + "\n")
 
 
+def hf_tokenizer_config(tok: Tokenizer, model_max_length: Optional[int] = None) -> dict[str, Any]:
+    """`tokenizer_config.json` for `tok`: the fast tokenizer class, `<|endoftext|>` (when `tok` has it) as
+    the end and start of text like GPT-2's, and no clean-up of spaces on decode (which would change text)."""
+    config: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "clean_up_tokenization_spaces": False,
+    }
+    if ENDOFTEXT in tok.special_tokens:
+        config.update(bos_token=ENDOFTEXT, eos_token=ENDOFTEXT)
+    others = sorted((t for t in tok.special_tokens if t != ENDOFTEXT), key=tok.special_tokens.__getitem__)
+    if others:
+        config["additional_special_tokens"] = others
+    if model_max_length is not None:
+        config["model_max_length"] = int(model_max_length)
+    return config
+
+
+def write_hf_tokenizer_dir(
+    tok: Tokenizer, out_dir: PathLike, *, model_max_length: Optional[int] = None
+) -> Path:
+    """Write `tokenizer.json`, `tokenizer_config.json` and `special_tokens_map.json` into `out_dir` (made
+    if missing; other files there are left alone), so that `transformers.AutoTokenizer.from_pretrained`
+    loads a tokenizer whose ids equal `tok.encode(text, allowed_special="all")`. Refuses with
+    :class:`HFExportError` before writing anything when no exact equivalent exists. Returns `out_dir`."""
+    document = hf_tokenizer_json(tok)  # checks first, so a refused export leaves no partial folder
+    config = hf_tokenizer_config(tok, model_max_length)
+    special_map = {
+        key: config[key] for key in ("bos_token", "eos_token", "additional_special_tokens") if key in config
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "tokenizer.json", json.dumps(document, ensure_ascii=False, indent=1) + "\n")
+    atomic_write_json(out / "tokenizer_config.json", config, indent=2)
+    atomic_write_json(out / "special_tokens_map.json", special_map, indent=2)
+    return out
+
+
 def save_bare(tok: Tokenizer, path: PathLike) -> Path:
     """The report's bare {id: hex} map."""
     return tok.save(path, bare=True)
@@ -182,6 +244,8 @@ EXPORT_FORMATS = {"bare": save_bare, "tiktoken": save_tiktoken, "hf": save_hf}
 __all__ = [
     "EXPORT_FORMATS",
     "RAW",
+    "HFExportError",
+    "hf_tokenizer_config",
     "hf_tokenizer_json",
     "mergeable_ranks",
     "save_bare",
@@ -190,4 +254,5 @@ __all__ = [
     "tiktoken_file_text",
     "tiktoken_pattern",
     "to_tiktoken",
+    "write_hf_tokenizer_dir",
 ]

@@ -16,6 +16,8 @@ from typing import Union
 PathLike = Union[str, "os.PathLike[str]"]
 
 ENDOFTEXT = "<|endoftext|>"
+"""The end-of-text special token (GPT-2's, and what `bpe-fast train` adds by default); public as
+`bpe_fast.ENDOFTEXT`, the one definition of it."""
 
 
 @lru_cache(maxsize=1)
@@ -65,8 +67,11 @@ def read_gpt2_files(
     encoder_path, merges_path = Path(encoder_json), Path(vocab_bpe)
     try:
         encoder = json.loads(encoder_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{encoder_path}: not a GPT-2 encoder.json ({err})") from None
+    except RecursionError:
+        raise ValueError(f"{encoder_path}: not a GPT-2 encoder.json (JSON nested too deeply)") from None
+    except ValueError as err:  # bad UTF-8, bad JSON, or a number too long for int()
+        message = str(err).splitlines()[0]
+        raise ValueError(f"{encoder_path}: not a GPT-2 encoder.json ({message})") from None
     if not isinstance(encoder, dict):
         raise ValueError(f"{encoder_path}: not a GPT-2 encoder.json (top level is not an object)")
     tokens: dict[int, bytes] = {}

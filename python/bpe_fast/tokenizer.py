@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 PathLike = Union[str, "os.PathLike[str]"]
 SpecialSet = Union[Literal["all"], Collection[str]]
 
+MAX_TOKEN_ID = 2**26 - 1
+"""The largest token id the core accepts (rust/src/tokenizer.rs MAX_ID)."""
+
 # Known tiktoken rank files: their pattern and special tokens (tiktoken_ext/openai_public.py), so that
 # `from_tiktoken("cl100k_base.tiktoken")` needs no further arguments.
 _TIKTOKEN_DEFAULTS: dict[str, tuple[str, dict[str, int]]] = {
@@ -275,6 +278,7 @@ class Tokenizer:
         """`encode` of every text, in parallel in Rust (GIL released); all cores unless num_threads is given."""
         # Rust checks that every text is a str (TypeError naming its index); a per-text Python loop
         # here was a tenth of a batch of short strings. The disallowed-special scan checks as it goes.
+        _refuse_one_str(texts, "encode_batch")
         texts = texts if isinstance(texts, list) else list(texts)
         allowed = self._allowed_list(texts, allowed_special, disallowed_special)
         return self._core.encode_batch(texts, allowed, _threads(num_threads))
@@ -283,6 +287,7 @@ class Tokenizer:
         self, texts: Iterable[str], *, num_threads: Optional[int] = None
     ) -> list[list[int]]:
         """`encode_ordinary` of every text, in parallel."""
+        _refuse_one_str(texts, "encode_ordinary_batch")
         return self.encode_batch(texts, disallowed_special=(), num_threads=num_threads)
 
     def encode_batch_flat(
@@ -301,8 +306,7 @@ class Tokenizer:
         longer than `texts`) gives text k as ``ids[offsets[k]:offsets[k + 1]]``, prefix included."""
         import numpy as np
 
-        if isinstance(texts, str):
-            raise TypeError("encode_batch_flat takes a list of str, not one str")
+        _refuse_one_str(texts, "encode_batch_flat")
         texts = texts if isinstance(texts, list) else list(texts)
         allowed = self._allowed_list(texts, allowed_special, disallowed_special)
         prefix = None if prefix_id is None else int(prefix_id)
@@ -362,10 +366,6 @@ class Tokenizer:
         """Text of `ids`; bytes that are not valid UTF-8 are handled by `errors` (as in bytes.decode)."""
         return self.decode_bytes(ids).decode("utf-8", errors=errors)
 
-    def decode_tokens_bytes(self, ids: Iterable[int]) -> list[bytes]:
-        """Each token's bytes separately (for showing splits)."""
-        return [self.token_bytes(token_id) for token_id in ids]
-
     # ------------------------------------------------------------------------------------------------
     # saving, pickling, display
     # ------------------------------------------------------------------------------------------------
@@ -407,6 +407,15 @@ class Tokenizer:
         return (
             f"Tokenizer(pattern={pattern!r}, vocab_size={self.vocab_size}, merges={len(self.merges)}, "
             f"special_tokens={self._special_tokens!r})"
+        )
+
+
+def _refuse_one_str(texts: Any, method: str) -> None:
+    # A str is an iterable of str, so without this check "ABC" would encode as three texts.
+    if isinstance(texts, (str, bytes, bytearray)):
+        raise TypeError(
+            f"{method}(texts) takes a list of str, not one {type(texts).__name__}: "
+            f"pass [text], or use encode() for a single text"
         )
 
 

@@ -41,8 +41,23 @@ class VocabData:
     is_bare: bool = False
 
 
+# Ids are u32 (at most 10 digits); longer numbers are refused before int() sees them, which would
+# otherwise spend quadratic time on (or, past 4300 digits, refuse without the file name) a huge one.
+_MAX_NUMBER_DIGITS = 20
+
+
 class _DuplicateKey(ValueError):
     pass
+
+
+class _HugeNumber(ValueError):
+    pass
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_NUMBER_DIGITS:
+        raise _HugeNumber(text)
+    return int(text)
 
 
 def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -68,9 +83,15 @@ def _read_json(path: Path) -> Any:
             f"{path}: not UTF-8 (invalid byte at offset {err.start}), not a vocab file"
         ) from None
     try:
-        return json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+        return json.loads(text, object_pairs_hook=_reject_duplicate_keys, parse_int=_parse_int)
     except _DuplicateKey as err:
         raise ValueError(f"{path}: duplicate key {err.args[0]!r} in a JSON object") from None
+    except _HugeNumber as err:
+        raise ValueError(
+            f"{path}: a number with {len(err.args[0])} digits, not a token id (ids fit in 32 bits)"
+        ) from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply, not a vocab file") from None
     except json.JSONDecodeError as err:
         raise ValueError(
             f"{path}: invalid or truncated JSON at line {err.lineno} column {err.colno}: {err.msg}"
@@ -79,7 +100,12 @@ def _read_json(path: Path) -> Any:
 
 def _parse_id(path: Path, where: str, key: str) -> int:
     if not isinstance(key, str) or not _DECIMAL_ID.fullmatch(key):
-        raise ValueError(f"{path}: {where} key {key!r} is not a decimal token id")
+        shown = (
+            key if not isinstance(key, str) or len(key) <= 40 else f"{key[:20]}... ({len(key)} characters)"
+        )
+        raise ValueError(f"{path}: {where} key {shown!r} is not a decimal token id")
+    if len(key) > len(str(_MAX_ID)):
+        raise ValueError(f"{path}: {where} id {key[:20]}... ({len(key)} digits) does not fit in 32 bits")
     value = int(key)
     if value > _MAX_ID:
         raise ValueError(f"{path}: {where} id {key} does not fit in 32 bits")

@@ -14,8 +14,12 @@ use crate::pretokenize::Pattern;
 use crate::threads::with_threads;
 use crate::word_table::{WordTable, LONG_KEY_MAX};
 
-/// Ids above this are refused: the decode table is indexed by id.
+/// Ids above this are refused (far above any real vocabulary; models index embedding tables by id).
 pub const MAX_ID: u32 = (1 << 26) - 1;
+/// The decode table is indexed by id up to the last id that keeps it at most twice as long as the
+/// number of tokens, plus this many: ids scattered above that (a special token given id 2^26 - 1)
+/// go to a hash map, so a small vocab file never allocates a table as large as its largest id.
+const DENSE_SLACK: usize = 1024;
 /// Zero bytes after the decode table, so that `decode_into` can copy a token of at most this many
 /// bytes as a fixed-size block (its bytes and then some, overwritten by the next token).
 const DECODE_PAD: usize = 16;
@@ -159,9 +163,13 @@ pub struct Tokenizer {
     /// The same lookup as `whole` for tokens of 2..=16 bytes, without hashing bytes.
     words: WordTable,
     specials: Vec<(String, u32)>,
-    /// id -> (start, len) in `decode_bytes`; len u32::MAX = no such id.
+    /// id -> (start, len) in `decode_bytes` for the ids below its length; len u32::MAX = no such id.
     decode_spans: Vec<(u32, u32)>,
+    /// The same for the ids at or above `decode_spans.len()`.
+    sparse_spans: FxHashMap<u32, (u32, u32)>,
     decode_bytes: Vec<u8>,
+    /// Max id + 1 over tokens and special tokens.
+    vocab_size: usize,
     /// Matcher for all special tokens (the common "allowed_special='all'" case).
     all_specials: Option<Arc<SpecialMatcher>>,
     identity: u64,
@@ -209,6 +217,51 @@ const WHOLE_TOKEN_MAX_LEN: usize = 256;
 /// so a huge text does not ask for 4 bytes of address space per byte up front.
 fn id_capacity(text: &str) -> usize {
     text.len().min(1 << 24)
+}
+
+/// The decode table of validated tokens and special tokens (distinct ids): `(dense spans, sparse
+/// spans, bytes, vocab size)`. Its memory is bounded by the entries given, whatever their ids (see
+/// `DENSE_SLACK`).
+#[allow(clippy::type_complexity)]
+fn build_decode_table(
+    tokens: &[(u32, Vec<u8>)],
+    specials: &[(String, u32)],
+) -> Result<(Vec<(u32, u32)>, FxHashMap<u32, (u32, u32)>, Vec<u8>, usize)> {
+    let mut entries: Vec<(u32, &[u8])> = tokens
+        .iter()
+        .map(|(id, b)| (*id, b.as_slice()))
+        .chain(specials.iter().map(|(t, id)| (*id, t.as_bytes())))
+        .collect();
+    entries.sort_unstable_by_key(|(id, _)| *id);
+    let vocab_size = entries.last().map_or(0, |(id, _)| *id as usize + 1);
+    // The k-th smallest id (from 0) may be dense while id < 2 (k + 1) + DENSE_SLACK.
+    let dense_len = entries
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(k, (id, _))| (*id as usize) < 2 * (k + 1) + DENSE_SLACK)
+        .map_or(0, |(_, (id, _))| *id as usize + 1);
+    let mut dense = vec![(0u32, u32::MAX); dense_len];
+    let mut sparse: FxHashMap<u32, (u32, u32)> = FxHashMap::default();
+    let mut bytes = Vec::new();
+    for (id, value) in entries {
+        let start = u32::try_from(bytes.len()).map_err(|_| {
+            Error::invalid_data(
+                "token bytes exceed 4 GiB in total",
+                format!("token id {id}"),
+            )
+        })?;
+        let span = (start, value.len() as u32);
+        match dense.get_mut(id as usize) {
+            Some(slot) => *slot = span,
+            None => {
+                sparse.insert(id, span);
+            }
+        }
+        bytes.extend_from_slice(value);
+    }
+    bytes.extend_from_slice(&[0; DECODE_PAD]);
+    Ok((dense, sparse, bytes, vocab_size))
 }
 
 impl std::fmt::Debug for SpecialMatcher {
@@ -280,6 +333,20 @@ impl Tokenizer {
                     where_(),
                 ));
             };
+            // BPE applies merges in rank order, so a merge can only join single bytes and tokens
+            // that earlier merges made; a list in any other order encodes differently from the
+            // order it was trained in (GPT-2's files, tiktoken ranks and our trainer all comply).
+            for operand in [left, right] {
+                if bytes_of[&operand].len() > 1 && !produced.contains_key(&operand) {
+                    return Err(Error::invalid_data(
+                        format!(
+                            "uses token id {operand}, which no earlier merge makes (merges must be \
+                             listed in the order BPE applies them)"
+                        ),
+                        where_(),
+                    ));
+                }
+            }
             let joined = [*l, *r].concat();
             let Some(&made) = id_of.get(joined.as_slice()) else {
                 return Err(Error::invalid_data(
@@ -350,29 +417,8 @@ impl Tokenizer {
             whole_shapes.add(bytes);
         }
 
-        let max_id = tokens
-            .iter()
-            .map(|(id, _)| *id)
-            .chain(specials.iter().map(|(_, id)| *id))
-            .max()
-            .unwrap_or(0);
-        let mut decode_spans = vec![(0u32, u32::MAX); max_id as usize + 1];
-        let mut decode_bytes = Vec::new();
-        let entries = tokens
-            .iter()
-            .map(|(id, b)| (*id, b.as_slice()))
-            .chain(specials.iter().map(|(t, id)| (*id, t.as_bytes())));
-        for (id, bytes) in entries {
-            let start = u32::try_from(decode_bytes.len()).map_err(|_| {
-                Error::invalid_data(
-                    "token bytes exceed 4 GiB in total",
-                    format!("token id {id}"),
-                )
-            })?;
-            decode_spans[id as usize] = (start, bytes.len() as u32);
-            decode_bytes.extend_from_slice(bytes);
-        }
-        decode_bytes.extend_from_slice(&[0; DECODE_PAD]);
+        let (decode_spans, sparse_spans, decode_bytes, vocab_size) =
+            build_decode_table(&tokens, &specials)?;
 
         let mut tokenizer = Tokenizer {
             pattern,
@@ -384,7 +430,9 @@ impl Tokenizer {
             words,
             specials,
             decode_spans,
+            sparse_spans,
             decode_bytes,
+            vocab_size,
             all_specials: None,
             identity: NEXT_TOKENIZER_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
@@ -411,7 +459,7 @@ impl Tokenizer {
 
     /// Max id + 1 over tokens and special tokens (like tiktoken's n_vocab).
     pub fn vocab_size(&self) -> usize {
-        self.decode_spans.len()
+        self.vocab_size
     }
 
     pub fn token_bytes(&self, id: u32) -> Result<&[u8]> {
@@ -421,14 +469,28 @@ impl Tokenizer {
 
     /// (start, len) of token `id` in the decode table; an unknown id is an error naming it and
     /// `position` (its index in the ids being decoded).
+    #[inline]
     fn span(&self, id: u64, position: usize) -> Result<(usize, usize)> {
-        match usize::try_from(id)
+        let found = match usize::try_from(id)
             .ok()
             .and_then(|i| self.decode_spans.get(i))
         {
+            Some(span) => Some(span),
+            None => self.sparse_span(id),
+        };
+        match found {
             Some(&(start, len)) if len != u32::MAX => Ok((start as usize, len as usize)),
             _ => Err(Error::UnknownId { id, position }),
         }
+    }
+
+    /// Kept out of line: most vocabularies have no sparse ids, and `span` stays small.
+    #[inline(never)]
+    fn sparse_span(&self, id: u64) -> Option<&(u32, u32)> {
+        if self.sparse_spans.is_empty() {
+            return None;
+        }
+        self.sparse_spans.get(&u32::try_from(id).ok()?)
     }
 
     /// Appends the tokens of the chunk `text[start..start + len]` (`text` is the whole text, so
@@ -907,6 +969,63 @@ mod tests {
     }
 
     #[test]
+    fn merges_out_of_bpe_order_are_refused_naming_the_first() {
+        let mut tokens = bytes_vocab();
+        tokens.push((256, b"ab".to_vec()));
+        tokens.push((257, b"abc".to_vec()));
+        let message = Tokenizer::new(
+            tokens.clone(),
+            vec![(256, 99), (97, 98)],
+            vec![],
+            Pattern::Gpt2,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(message.contains("merge 0 (256, 99)"), "{message}");
+        assert!(message.contains("no earlier merge makes"), "{message}");
+        // The same merges in BPE order load.
+        Tokenizer::new(tokens, vec![(97, 98), (256, 99)], vec![], Pattern::Gpt2).unwrap();
+    }
+
+    #[test]
+    fn sparse_ids_do_not_allocate_a_table_as_large_as_the_id() {
+        let mut tokens = bytes_vocab();
+        tokens.push((256, b"ab".to_vec()));
+        let specials = vec![
+            ("<|endoftext|>".to_string(), MAX_ID),
+            ("<s>".to_string(), 300),
+        ];
+        let tok = Tokenizer::new(tokens, vec![(97, 98)], specials, Pattern::Gpt2).unwrap();
+        assert_eq!(tok.vocab_size(), MAX_ID as usize + 1);
+        assert!(tok.decode_spans.len() <= 2 * 259 + DENSE_SLACK);
+        assert_eq!(tok.sparse_spans.len(), 1);
+        let ids = [256, MAX_ID, 300, 99];
+        let want = b"ab<|endoftext|><s>c".to_vec();
+        let wide = ids.iter().map(|&i| u64::from(i));
+        assert_eq!(tok.decode_bytes(wide).unwrap(), want);
+        let mut out = vec![0; tok.decoded_len(&ids).unwrap()];
+        tok.decode_into(&ids, &mut out).unwrap();
+        assert_eq!(out, want);
+        assert_eq!(tok.token_bytes(MAX_ID).unwrap(), b"<|endoftext|>");
+        for unknown in [MAX_ID - 1, 299, 301, u32::MAX] {
+            assert!(tok.token_bytes(unknown).is_err(), "{unknown}");
+        }
+        assert!(tok.decode_bytes([u64::MAX]).is_err());
+        // Tokens with scattered ids (bytes permuted far apart) are decoded through the map too.
+        let far: Vec<(u32, Vec<u8>)> = (0..=255u8)
+            .map(|b| (u32::from(b) * 100_000, vec![b]))
+            .collect();
+        let tok = Tokenizer::new(far, vec![], vec![], Pattern::Raw).unwrap();
+        assert!(tok.decode_spans.len() <= 2 * 256 + DENSE_SLACK);
+        let ids = tok.encode_ordinary("hi").unwrap();
+        assert_eq!(ids, [104 * 100_000, 105 * 100_000]);
+        assert_eq!(
+            tok.decode_bytes(ids.iter().map(|&i| u64::from(i))).unwrap(),
+            b"hi"
+        );
+    }
+
+    #[test]
     fn gpt2_files_encode_known_text() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/bpe_fast/gpt2");
         let encoder: serde_json::Map<String, serde_json::Value> =
@@ -972,6 +1091,9 @@ mod tests {
             crate::recover::recover_merges(tok.tokens()).unwrap(),
             tok.merges()
         );
+        // GPT-2's ids are contiguous: its whole decode table is dense.
+        assert!(tok.sparse_spans.is_empty());
+        assert_eq!(tok.decode_spans.len(), 50257);
         // GPT-2's merges are monotone, so long chunks take the bucket queue; check it on the
         // pathological inputs of the benchmarks (one long chunk each) against the naive encoder.
         assert!(tok.merger.is_monotone());
