@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from safetensors.torch import load_file
 
 import gpt.train as train
@@ -69,7 +68,7 @@ def evaluation_flags() -> list[str]:
         return []
     return [
         "--vocab-size", "50304", "--hellaswag", str(REPO / "tests" / "data" / "hellaswag_tiny.jsonl"),
-        "--hellaswag-every", "2", "--eval-text", str(REPO / "data" / "corpora" / "tinyshakespeare.txt"),
+        "--hellaswag-every", "2", "--eval-text", str(REPO / "python" / "bpe_fast" / "samples" / "corpora" / "tinyshakespeare.txt"),
         "--eval-text-every", "2", "--eval-text-tokens", "200",
     ]  # fmt: skip
 
@@ -140,8 +139,9 @@ def test_non_finite_loss_on_one_rank_stops_all_ranks(tmp_path, data):
         str(script), [*TINY, "--batch-size", "2", "--data", str(data), "--out", str(out)], timeout=300
     )
     assert result.returncode != 0
-    assert "step 1: non-finite loss" in result.stdout, result.stdout + result.stderr
+    # One error line, from rank 0, although only rank 1 saw the NaN.
+    assert result.stderr.count("step 1: non-finite loss") == 1, result.stdout + result.stderr
     log = log_of(out)
     assert log[-1]["step"] == 1 and log[-1]["error"] == "non-finite"
     assert not list(out.glob("ckpt_*"))
-    assert torch.isnan(torch.tensor(log[-1]["loss"]))
+    assert log[-1]["loss"] is None and log[-1]["nonfinite"] == ["loss"]  # rank 1's NaN, all-reduced
