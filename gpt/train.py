@@ -5,8 +5,9 @@ are averaged by DDP (nccl on CUDA, gloo on CPU), synchronized only on the last m
 gradient accumulation. Checkpoints every N steps, at the last step and on SIGTERM; `--resume`
 continues the same loss curve. See `--help` for every flag and gpt/presets/ for the presets.
 
-The run, in the order `main` calls its steps:
+The run, in the order `main` and `train` call its steps:
   start_runtime (gpt.runtime)   distributed job, device, precision, threads
+  prepare_out_dir               cleans up after killed checkpoint writers; refuses to mix two runs
   open_data                     shards, manifest, tokenizer, evaluation data; refuses bad data up front
   build_model, resume           the model and optimizer, then the latest checkpoint's state
   wrap_for_training             torch.compile and DDP around the plain model
@@ -90,14 +91,28 @@ class TrainData:
     hellaswag_examples: Optional[list] = None
 
 
-def resolve_tokenizer_spec(cfg: TrainConfig, manifest: dict | None) -> str:
-    if cfg.tokenizer:
-        return cfg.tokenizer
-    if manifest is not None:
-        spec = manifest["tokenizer"].get("spec")
-        if spec == "gpt2" or (spec and Path(spec).is_file()):
-            return spec
-    return "gpt2"
+def choose_tokenizer(cfg: TrainConfig, manifest: dict | None, data_dir: Path) -> tuple[str, Any]:
+    """(spec, tokenizer or None). The spec is --tokenizer, else the manifest's (a vocab path is looked
+    for beside the manifest, then as written), else gpt2. The tokenizer is loaded only when something
+    needs it; a vocab the manifest names but that cannot be found is then an error, never replaced."""
+    recorded = manifest["tokenizer"] if manifest is not None else {}
+    needed = (
+        cfg.sample_every > 0
+        or bool(cfg.hellaswag)
+        or bool(cfg.eval_text)
+        or (cfg.shuffle and "eot_id" not in recorded)
+    )
+    spec = cfg.tokenizer or recorded.get("spec") or "gpt2"
+    if not cfg.tokenizer and spec != "gpt2":
+        found = next((p for p in (data_dir / spec, Path(spec)) if p.is_file()), None)
+        if found is not None:
+            spec = str(found.resolve())  # checkpoints then name it wherever gpt.sample runs from
+        elif needed:
+            raise UserError(
+                f"{data_dir / 'manifest.json'} names the tokenizer {spec}, which is not there (neither beside "
+                f"the manifest nor from {Path.cwd()}): pass --tokenizer with that vocab"
+            )
+    return spec, (open_tokenizer(spec) if needed else None)
 
 
 def open_tokenizer(spec: str):
@@ -130,11 +145,7 @@ def open_data(cfg: TrainConfig, rt: Runtime) -> TrainData:
     check_data_folder(data_dir)
     manifest = read_manifest(data_dir)
     recorded = manifest["tokenizer"] if manifest is not None else {}
-    needs_tokenizer = cfg.sample_every > 0 or bool(cfg.hellaswag) or bool(cfg.eval_text)
-    tok_spec = resolve_tokenizer_spec(cfg, manifest)
-    tok = None
-    if needs_tokenizer or (cfg.shuffle and "eot_id" not in recorded):
-        tok = open_tokenizer(tok_spec)
+    tok_spec, tok = choose_tokenizer(cfg, manifest, data_dir)
     real_vocab = recorded.get("vocab_size") or (tok.vocab_size if tok is not None else None)
     vocab_size = cfg.vocab_size or (padded_vocab_size(real_vocab) if real_vocab else 50304)
     if real_vocab is not None and real_vocab > vocab_size:

@@ -286,7 +286,7 @@ def test_ids_beyond_model_vocab_are_refused(tmp_path):
         run(tmp_path, data=data)
 
 
-def manifest_for(folder: Path, vocab_size: int, sha: str) -> None:
+def manifest_for(folder: Path, vocab_size: int, sha: str, spec: str = "gpt2") -> None:
     shards = [
         {"file": p.name, "split": p.name.split("_")[0], "tokens": int((p.stat().st_size - 1024) // 2)}
         for p in sorted(folder.glob("*.bin"))
@@ -296,7 +296,7 @@ def manifest_for(folder: Path, vocab_size: int, sha: str) -> None:
             {
                 "format": "bpe-fast-shards",
                 "version": 1,
-                "tokenizer": {"spec": "gpt2", "sha256": sha, "vocab_size": vocab_size, "eot_id": 0},
+                "tokenizer": {"spec": spec, "sha256": sha, "vocab_size": vocab_size, "eot_id": 0},
                 "dtype": "uint16",
                 "shards": shards,
                 "num_tokens": sum(s["tokens"] for s in shards),
@@ -336,6 +336,30 @@ def test_manifest_sets_the_vocab_when_unset(tmp_path):
     meta = json.loads((out / "ckpt_0000001" / "meta.json").read_text())
     assert meta["model_config"]["vocab_size"] == 64 and meta["model_config"]["real_vocab_size"] == 60
     assert meta["tokenizer"] == {"spec": "gpt2", "vocab_size": 60, "eot_id": 0}  # as the manifest says
+
+
+def test_the_manifests_vocab_is_used_from_any_directory_and_never_replaced(tmp_path, monkeypatch):
+    import warnings
+
+    import bpe_fast
+    from gpt.manifest import tokenizer_sha256
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tok = bpe_fast.train(["the cat sat on the mat " * 50], 300, special_tokens=["<|endoftext|>"])
+    data = make_shards(tmp_path / "shards")
+    tok.save(data / "vocab.json")
+    manifest_for(data, tok.vocab_size, tokenizer_sha256(data / "vocab.json"), spec="vocab.json")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the manifest's relative path is not relative to here
+    sampling = ["--vocab-size", "320", "--max-steps", "2", "--sample-every", "1", "--sample-count", "1"]
+    status, out = run(tmp_path, *sampling, "--sample-tokens", "2", data=data)
+    assert status == 0
+    meta = json.loads((out / "ckpt_0000002" / "meta.json").read_text())
+    assert meta["tokenizer"]["spec"] == str((data / "vocab.json").resolve())
+    (data / "vocab.json").unlink()
+    with pytest.raises(UserError, match="names the tokenizer vocab.json, which is not there"):
+        train.main([*TINY, *sampling, "--data", str(data), "--out", str(tmp_path / "out2")])
 
 
 # ------------------------------------------------------------------------------------------ config
