@@ -17,16 +17,23 @@ PROG = "python -m gpt.plot"
 
 
 def read_log(path: Path) -> list[dict]:
+    """The records of a gpt.train log.jsonl. A last line without its newline is a write cut short (the
+    run is still going, or was killed) and is left out; any other bad line is an error naming it."""
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):
+        lines.pop()
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except ValueError as e:
             raise UserError(f"{path}:{number}: not a JSON line ({e}); is it a gpt.train log.jsonl?") from e
-        if not isinstance(records[-1], dict) or not isinstance(records[-1].get("step"), int):
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
             raise UserError(f"{path}:{number}: not a gpt.train log record (no integer 'step')")
+        records.append(record)
     return records
 
 

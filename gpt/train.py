@@ -166,22 +166,8 @@ def open_data(cfg: TrainConfig, rt: Runtime) -> TrainData:
         tokenizer_record = {"spec": tok_spec, "vocab_size": real_vocab, "eot_id": recorded.get("eot_id")}
     eot = recorded.get("eot_id")
     if eot is None and cfg.shuffle:
-        eot = eot_id(tok)  # document boundaries for shuffling
-    # The ShardLoaders check every shard's header, size and ids as they open (the start-up shard check).
-    train = ShardLoader(
-        data_dir, "train", cfg.batch_size, cfg.seq_len, rt.rank, rt.world, seed=cfg.seed, shuffle=cfg.shuffle,
-        eot_id=eot, vocab_size=id_limit,
-    )  # fmt: skip
-    val = None
-    if cfg.val_every > 0:
-        try:
-            list_shards(data_dir, "val")
-        except FileNotFoundError:
-            rt.say(f"no val shards in {data_dir}: validation disabled")
-        else:
-            val = ShardLoader(
-                data_dir, "val", cfg.batch_size, cfg.seq_len, rt.rank, rt.world, vocab_size=id_limit
-            )
+        eot = eot_id_of(tok)  # document boundaries for shuffling
+    train, val = open_loaders(cfg, rt, data_dir, eot, id_limit)
     data = TrainData(train, val, vocab_size, real_vocab, tok, tokenizer_record)
     data.eval_tokens = read_eval_text(cfg, tok)
     if cfg.hellaswag:
@@ -190,6 +176,41 @@ def open_data(cfg: TrainConfig, rt: Runtime) -> TrainData:
         # Loaded (or downloaded, for 'hub') once, up front: a bad path fails before any training.
         data.hellaswag_examples = load_examples(None if cfg.hellaswag == "hub" else cfg.hellaswag)
     return data
+
+
+def eot_id_of(tok) -> int:
+    """The tokenizer's end-of-text id, which --shuffle needs when the manifest does not record it."""
+    try:
+        return eot_id(tok)
+    except ValueError as e:
+        raise UserError(f"--shuffle needs the end-of-text token: {one_line(e)}") from e
+
+
+def open_loaders(
+    cfg: TrainConfig, rt: Runtime, data_dir: Path, eot: Optional[int], id_limit: int
+) -> tuple[ShardLoader, Optional[ShardLoader]]:
+    """The train and val loaders. Opening one checks every shard's header, size and ids (the start-up
+    shard check: a bad shard is a ShardError naming it); too little data for one step is a UserError."""
+    try:
+        train = ShardLoader(
+            data_dir, "train", cfg.batch_size, cfg.seq_len, rt.rank, rt.world, seed=cfg.seed,
+            shuffle=cfg.shuffle, eot_id=eot, vocab_size=id_limit,
+        )  # fmt: skip
+        val = None
+        if cfg.val_every > 0:
+            try:
+                list_shards(data_dir, "val")
+            except FileNotFoundError:
+                rt.say(f"no val shards in {data_dir}: validation disabled")
+            else:
+                val = ShardLoader(
+                    data_dir, "val", cfg.batch_size, cfg.seq_len, rt.rank, rt.world, vocab_size=id_limit
+                )
+    except (ShardError, ManifestError):
+        raise
+    except ValueError as e:  # the loader's "no shard holds the tokens one step needs"
+        raise UserError(one_line(e)) from e
+    return train, val
 
 
 def read_eval_text(cfg: TrainConfig, tok) -> Optional[torch.Tensor]:

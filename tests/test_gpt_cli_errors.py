@@ -13,11 +13,13 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import bpe_fast
 from gpt.checkpoint import save_checkpoint
 from gpt.model import GPT, GPTConfig
 from gpt.shards import write_shard
@@ -39,6 +41,7 @@ def place(tmp_path_factory) -> Path:
     rng = np.random.default_rng(0)
     write_shard(root / "shards" / "train_000001.bin", rng.integers(0, VOCAB, 2000), vocab_size=VOCAB)
     (root / "empty").mkdir()
+    write_shard(root / "tiny" / "train_000001.bin", rng.integers(0, VOCAB, 20), vocab_size=VOCAB)
     write_shard(root / "bad" / "train_000001.bin", rng.integers(0, VOCAB, 2000), vocab_size=VOCAB)
     bad = root / "bad" / "train_000001.bin"
     bad.write_bytes(bad.read_bytes()[:-7])
@@ -50,6 +53,9 @@ def place(tmp_path_factory) -> Path:
     (root / "badlog").mkdir()
     (root / "badlog" / "log.jsonl").write_text('{"step": 0, "loss": 1.0}\n{"step": 1, "loss": NaN oops\n')
     (root / "preset.json").write_text('{"max_lr": -0.1}')
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bpe_fast.train(["the cat sat on the mat " * 20], 260).save(root / "noeot.json")  # no <|endoftext|>
     return root
 
 
@@ -73,6 +79,22 @@ CASES = [
     ("train", ["--no-such-flag"], "unrecognized arguments: --no-such-flag", {}),
     ("train", [*TINY, "--data", "{root}/shards", "--total-batch-size", "40"], "not a multiple of B*T", {}),
     ("train", [*TINY, "--data", "{root}/bad"], "train_000001.bin", {}),
+    ("train", [*TINY, "--data", "{root}/tiny"], "no 'train' shard holds the 33 tokens one step needs", {}),
+    (
+        "train",
+        [
+            *TINY,
+            "--data",
+            "{root}/shards",
+            "--shuffle",
+            "--tokenizer",
+            "{root}/noeot.json",
+            "--vocab-size",
+            "320",
+        ],
+        "--shuffle needs the end-of-text token",
+        {},
+    ),
     ("train", [*TINY, "--data", "{root}/shards", "--out", "{root}/run"], "already holds checkpoints", {}),
     (
         "train",

@@ -261,6 +261,13 @@ def test_plot_writes_png(tmp_path):
 
     assert plot_main([str(out), "-o", str(tmp_path / "curve.png")]) == 0
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # A run killed while appending leaves half a line: the plot is still drawn from the complete ones.
+    with open(out / "log.jsonl", "a") as log:
+        log.write('{"step": 4, "lo')
+    from gpt.plot import read_log as read_plot_log
+
+    assert [r["step"] for r in read_plot_log(out / "log.jsonl")] == [0, 1, 2, 3]
+    assert plot_main([str(out)]) == 0 and (out / "loss.png").is_file()
 
 
 # --------------------------------------------------------------------------------------- refusals
