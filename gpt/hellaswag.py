@@ -20,10 +20,8 @@ Run standalone: python -m gpt.hellaswag --model gpt2|HF_DIR|CHECKPOINT_DIR --hel
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -34,12 +32,18 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from bpe_fast.cliutil import ArgumentParser, UserError, positive_int, run_main
 from bpe_fast.files import atomic_path
 
 SPLITS = ("train", "val", "test")
 URL_TEMPLATE = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{split}.jsonl"
 NUM_ENDINGS = 4
 DEFAULT_PAD_MULTIPLE = 64
+PROG = "python -m gpt.hellaswag"
+
+
+class HellaSwagError(UserError, ValueError):
+    """HellaSwag data that is missing, unreachable or malformed; the message names the file (and line)."""
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -54,7 +58,7 @@ def default_cache_dir() -> Path:
 def download(split: str = "val", cache_dir: Optional[os.PathLike] = None) -> Path:
     """The official hellaswag_{split}.jsonl, downloaded once into `cache_dir` (atomically)."""
     if split not in SPLITS:
-        raise ValueError(f"unknown HellaSwag split {split!r}; expected one of {SPLITS}")
+        raise HellaSwagError(f"unknown HellaSwag split {split!r}; expected one of {SPLITS}")
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = cache / f"hellaswag_{split}.jsonl"
     if path.is_file():
@@ -67,8 +71,9 @@ def download(split: str = "val", cache_dir: Optional[os.PathLike] = None) -> Pat
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
     except (urllib.error.URLError, OSError) as e:
-        raise RuntimeError(
-            f"could not download HellaSwag {split} from {url} ({e}). This machine may be offline: "
+        reason = getattr(e, "reason", None) or e
+        raise HellaSwagError(
+            f"could not download HellaSwag {split} from {url} ({reason}); this machine may be offline: "
             f"pass --hellaswag PATH to a local hellaswag_{split}.jsonl instead"
         ) from e
     return path
@@ -76,19 +81,19 @@ def download(split: str = "val", cache_dir: Optional[os.PathLike] = None) -> Pat
 
 def _check_example(row: Any, where: str, need_label: bool) -> dict:
     if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        raise HellaSwagError(f"{where}: expected a JSON object, got {type(row).__name__}")
     if not isinstance(row.get("ctx"), str):
-        raise ValueError(f"{where}: 'ctx' must be a string")
+        raise HellaSwagError(f"{where}: 'ctx' must be a string")
     endings = row.get("endings")
     if not (
         isinstance(endings, list) and len(endings) == NUM_ENDINGS and all(isinstance(e, str) for e in endings)
     ):
-        raise ValueError(f"{where}: 'endings' must be a list of {NUM_ENDINGS} strings")
+        raise HellaSwagError(f"{where}: 'endings' must be a list of {NUM_ENDINGS} strings")
     label = row.get("label")
     if label is None and not need_label:
         return row
     if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < NUM_ENDINGS:
-        raise ValueError(f"{where}: 'label' must be an int in 0..{NUM_ENDINGS - 1}, got {label!r}")
+        raise HellaSwagError(f"{where}: 'label' must be an int in 0..{NUM_ENDINGS - 1}, got {label!r}")
     return row
 
 
@@ -99,6 +104,8 @@ def load_examples(path: Optional[os.PathLike] = None, split: str = "val") -> lis
     if path is None:
         path = download(split)
     path = Path(path)
+    if not path.is_file():
+        raise HellaSwagError(f"{path}: no such HellaSwag file (a .jsonl in HellaSwag's format)")
     need_label = split != "test"
     examples = []
     with open(path, encoding="utf-8") as f:
@@ -109,10 +116,10 @@ def load_examples(path: Optional[os.PathLike] = None, split: str = "val") -> lis
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: invalid JSON ({e.msg})") from e
+                raise HellaSwagError(f"{where}: invalid JSON ({e.msg})") from e
             examples.append(_check_example(row, where, need_label))
     if not examples:
-        raise ValueError(f"{path}: no HellaSwag examples")
+        raise HellaSwagError(f"{path}: no HellaSwag examples")
     return examples
 
 
@@ -263,16 +270,16 @@ def evaluate(
 # ------------------------------------------------------------------------------------------------ CLI
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m gpt.hellaswag",
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog=PROG,
         description="Zero-shot HellaSwag accuracy (acc_norm: lowest mean loss over the ending tokens).",
     )
     parser.add_argument(
         "--model",
         required=True,
         help="a training checkpoint dir, a training output dir (its latest checkpoint), a transformers "
-        "GPT-2 dir, or a hub name like 'gpt2' (needs network)",
+        "GPT-2 dir, or a hub name like 'gpt2' (needs network; a path that looks local never reaches it)",
     )
     parser.add_argument(
         "--hellaswag",
@@ -294,10 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("float32", "bfloat16", "float16"),
         help="autocast dtype for the forward pass (default float32: no autocast)",
     )
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")
+    parser.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N examples")
     parser.add_argument(
         "--pad-multiple",
-        type=int,
+        type=positive_int,
         default=DEFAULT_PAD_MULTIPLE,
         help="pad rows to a multiple of this length (fewer distinct shapes for --compile; default 64)",
     )
@@ -307,17 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.limit is not None and args.limit < 1:
-        raise SystemExit("--limit must be >= 1")
-    if args.pad_multiple < 1:
-        raise SystemExit("--pad-multiple must be >= 1")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    from gpt.sample import load_model_for_inference, tokenizer_spec_from_meta
-    from gpt.tokenizer import load_tokenizer
+    from gpt.checkpoint import load_model_for_inference, tokenizer_for
 
     examples = load_examples(args.hellaswag, split=args.split)
-    model, meta = load_model_for_inference(args.model, device)
-    tokenizer = load_tokenizer(args.tokenizer or tokenizer_spec_from_meta(meta) or "gpt2")
+    model, meta = load_model_for_inference(args.model, device, allow_hub=True)
+    tokenizer = tokenizer_for(meta, args.tokenizer)
     runner = torch.compile(model) if args.compile else model
     dtype = None if args.dtype == "float32" else getattr(torch, args.dtype)
     start = time.perf_counter()
@@ -335,5 +337,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+def cli(argv: Optional[Sequence[str]] = None) -> None:
+    """The command line: user errors as one line on stderr and exit status 2 (bpe_fast.cliutil)."""
+    run_main(main, PROG, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

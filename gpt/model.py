@@ -1,4 +1,7 @@
-"""GPT-2 (124M by default) in plain PyTorch: the model, its optimizer groups, sampling, and HF conversion.
+"""GPT-2 (124M by default) in plain PyTorch: the model, its optimizer groups and sampling.
+
+This module imports only torch: the conversion to and from transformers' GPT2LMHeadModel lives in
+gpt.hf (reached through `GPT.from_hf` and `GPT.save_hf`), checkpoints in gpt.checkpoint.
 
 Architecture (OpenAI's GPT-2, as build-nanogpt reproduces it): learned position embeddings, pre-LayerNorm
 blocks (LN -> causal self-attention -> residual, LN -> MLP -> residual), a GELU(tanh) MLP of width 4x,
@@ -22,7 +25,6 @@ once for a whole generation.
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import os
 from dataclasses import dataclass, fields
@@ -33,15 +35,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bpe_fast.files import atomic_path, atomic_write_text
-
 IGNORE_INDEX = -100
 VOCAB_MULTIPLE = 64
 INIT_STD = 0.02
-
-# HF GPT-2 keeps these four projections as Conv1D modules whose weight is stored as (in, out);
-# nn.Linear stores (out, in), so they are transposed on the way in and out.
-_CONV1D_WEIGHT_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
 def padded_vocab_size(real_vocab_size: int, multiple: int = VOCAB_MULTIPLE) -> int:
@@ -262,137 +258,24 @@ class GPT(nn.Module):
         return generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=generator)
 
     # ---------------------------------------------------------------------------------- HF conversion
+    # The conversion code lives in gpt.hf (it needs transformers and writes files); these two methods are
+    # the entry points DESIGN.md names, and import it only when called, so `import gpt.model` stays light.
     @classmethod
     def from_hf(cls, model_or_dir: Any, vocab_multiple: int = VOCAB_MULTIPLE) -> GPT:
         """A GPT holding the weights of a transformers GPT2LMHeadModel (an object, a local directory, or a
-        hub name such as "gpt2", which needs network access). The vocabulary is padded up to a multiple
-        of `vocab_multiple` with zero rows; `config.real_vocab_size` remembers the real size."""
-        hf_model = model_or_dir
-        if isinstance(model_or_dir, (str, os.PathLike)):
-            from transformers import GPT2LMHeadModel
+        hub name such as "gpt2"); see `gpt.hf.from_hf`."""
+        from gpt.hf import from_hf
 
-            hf_model = GPT2LMHeadModel.from_pretrained(str(model_or_dir))
-        hf_config = hf_model.config
-        _check_hf_config_supported(hf_config)
-        config = GPTConfig(
-            block_size=hf_config.n_positions,
-            vocab_size=padded_vocab_size(hf_config.vocab_size, vocab_multiple),
-            real_vocab_size=hf_config.vocab_size,
-            n_layer=hf_config.n_layer,
-            n_head=hf_config.n_head,
-            n_embd=hf_config.n_embd,
-        )
-        model = cls(config)
-        source = {k: v for k, v in hf_model.state_dict().items() if k != "lm_head.weight"}
-        target = model.state_dict()
-        expected = {k for k in target if k != "lm_head.weight"}  # the head is the tied embedding
-        # Older transformers versions keep the causal mask as buffers named attn.bias / attn.masked_bias.
-        source = {
-            k: v
-            for k, v in source.items()
-            if k.split(".")[-2:] not in (["attn", "bias"], ["attn", "masked_bias"])
-        }
-        if set(source) != expected:
-            missing, extra = sorted(expected - set(source)), sorted(set(source) - expected)
-            raise ValueError(
-                f"GPT2LMHeadModel state dict mismatch: missing {missing[:5]}, unexpected {extra[:5]}"
-            )
-        with torch.no_grad():
-            for name, tensor in source.items():
-                if name.endswith(_CONV1D_WEIGHT_SUFFIXES):
-                    tensor = tensor.t()
-                if name == "transformer.wte.weight":
-                    target[name].zero_()  # the padded rows stay zero
-                    target[name][: tensor.shape[0]].copy_(tensor)
-                    continue
-                if target[name].shape != tensor.shape:
-                    raise ValueError(
-                        f"{name}: shape {tuple(tensor.shape)} != expected {tuple(target[name].shape)}"
-                    )
-                target[name].copy_(tensor)
-        return model
-
-    def hf_state_dict(self, vocab_size: Optional[int] = None) -> dict[str, torch.Tensor]:
-        """The weights under GPT2LMHeadModel's names and layouts, with the first `vocab_size` (default
-        real_vocab_size) embedding rows. `lm_head.weight` is left out: HF ties it to the embedding."""
-        vocab = self.config.real_vocab_size if vocab_size is None else vocab_size
-        if not 1 <= vocab <= self.config.vocab_size:
-            raise ValueError(f"vocab_size {vocab} must be between 1 and {self.config.vocab_size}")
-        out = {}
-        for name, tensor in self.state_dict().items():
-            if name == "lm_head.weight":
-                continue
-            tensor = tensor.detach()
-            if name.endswith(_CONV1D_WEIGHT_SUFFIXES):
-                tensor = tensor.t()
-            if name == "transformer.wte.weight":
-                tensor = tensor[:vocab]
-            out[name] = tensor.to("cpu").contiguous().clone()
-        return out
+        return from_hf(model_or_dir, vocab_multiple=vocab_multiple, model_class=cls)
 
     def save_hf(
         self, out_dir: str | os.PathLike, vocab_size: Optional[int] = None, eos_token_id: Optional[int] = None
     ) -> Path:
-        """Writes a directory that `GPT2LMHeadModel.from_pretrained(out_dir)` loads with no missing or
-        unexpected keys: config.json and model.safetensors, with `vocab_size` (default the real, unpadded
-        size) embedding rows. `eos_token_id` (also used as bos) defaults to 50256 for GPT-2's 50257-token
-        vocabulary and to none otherwise. Each file is written atomically."""
-        from safetensors.torch import save_file
-        from transformers import GPT2Config
+        """Writes a transformers GPT2LMHeadModel directory (config.json, model.safetensors) with the real,
+        unpadded vocabulary; see `gpt.hf.save_hf`."""
+        from gpt.hf import save_hf
 
-        cfg = self.config
-        vocab = cfg.real_vocab_size if vocab_size is None else vocab_size
-        if eos_token_id is None and vocab == 50257:
-            eos_token_id = 50256
-        if eos_token_id is not None and not 0 <= eos_token_id < vocab:
-            raise ValueError(f"eos_token_id {eos_token_id} is outside the vocabulary of {vocab}")
-        hf_config = GPT2Config(
-            vocab_size=vocab,
-            n_positions=cfg.block_size,
-            n_embd=cfg.n_embd,
-            n_layer=cfg.n_layer,
-            n_head=cfg.n_head,
-            activation_function="gelu_new",
-            resid_pdrop=cfg.dropout,
-            embd_pdrop=cfg.dropout,
-            attn_pdrop=cfg.dropout,
-            bos_token_id=eos_token_id,
-            eos_token_id=eos_token_id,
-            tie_word_embeddings=True,
-        )
-        hf_config.architectures = ["GPT2LMHeadModel"]
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tensors = self.hf_state_dict(vocab)
-        with atomic_path(out_dir / "model.safetensors") as temp_name:
-            save_file(tensors, temp_name, metadata={"format": "pt"})
-        atomic_write_text(
-            out_dir / "config.json", json.dumps(hf_config.to_dict(), indent=2, sort_keys=True) + "\n"
-        )
-        return out_dir
-
-
-def _check_hf_config_supported(hf_config: Any) -> None:
-    """Refuses GPT-2 variants this model does not implement (the logits would silently differ)."""
-    problems = []
-    if getattr(hf_config, "activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-        problems.append(f"activation_function={hf_config.activation_function!r} (only GELU-tanh)")
-    n_inner = getattr(hf_config, "n_inner", None)
-    if n_inner is not None and n_inner != 4 * hf_config.n_embd:
-        problems.append(f"n_inner={n_inner} (only 4 * n_embd)")
-    if not getattr(hf_config, "scale_attn_weights", True):
-        problems.append("scale_attn_weights=False")
-    if getattr(hf_config, "scale_attn_by_inverse_layer_idx", False):
-        problems.append("scale_attn_by_inverse_layer_idx=True")
-    if getattr(hf_config, "add_cross_attention", False):
-        problems.append("add_cross_attention=True")
-    if not getattr(hf_config, "tie_word_embeddings", True):
-        problems.append("tie_word_embeddings=False")
-    eps = getattr(hf_config, "layer_norm_epsilon", 1e-5)
-    if eps != 1e-5:
-        problems.append(f"layer_norm_epsilon={eps} (only 1e-5)")
-    if problems:
-        raise ValueError("unsupported GPT-2 configuration: " + "; ".join(problems))
+        return save_hf(self, out_dir, vocab_size=vocab_size, eos_token_id=eos_token_id)
 
 
 @torch.no_grad()

@@ -6,23 +6,34 @@ HellaSwag accuracy and held-out perplexity in extra panels when the log has them
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
+from typing import Optional, Sequence
 
+from bpe_fast.cliutil import ArgumentParser, UserError, run_main
 from bpe_fast.files import atomic_path
+
+PROG = "python -m gpt.plot"
 
 
 def read_log(path: Path) -> list[dict]:
+    """The records of a gpt.train log.jsonl. A last line without its newline is a write cut short (the
+    run is still going, or was killed) and is left out; any other bad line is an error naming it."""
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):
+        lines.pop()
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except ValueError as e:
-            raise ValueError(f"{path}:{number}: not a JSON line: {e}") from e
+            raise UserError(f"{path}:{number}: not a JSON line ({e}); is it a gpt.train log.jsonl?") from e
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            raise UserError(f"{path}:{number}: not a gpt.train log record (no integer 'step')")
+        records.append(record)
     return records
 
 
@@ -70,24 +81,27 @@ def plot(records: list[dict], out_png: Path, title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="gpt.plot", description="Plot loss curves from a gpt.train output folder."
-    )
+    parser = ArgumentParser(prog=PROG, description="Plot loss curves from a gpt.train output folder.")
     parser.add_argument("out", help="the training output folder (holding log.jsonl), or a log.jsonl path")
     parser.add_argument("-o", "--output", help="PNG to write (default: OUT/loss.png)")
     args = parser.parse_args(argv)
     source = Path(args.out)
     log = source if source.is_file() else source / "log.jsonl"
     if not log.is_file():
-        parser.error(f"{log} does not exist (is {source} a gpt.train --out folder?)")
+        raise UserError(f"{log} does not exist (is {source} a gpt.train --out folder?)")
     records = read_log(log)
     if not any(r.get("loss") is not None for r in records):
-        parser.error(f"{log} has no logged steps yet")
+        raise UserError(f"{log} has no logged steps yet: plot after a few training steps")
     out_png = Path(args.output) if args.output else log.parent / "loss.png"
     plot(records, out_png, log.parent.name)
     print(out_png)
     return 0
 
 
+def cli(argv: Optional[Sequence[str]] = None) -> None:
+    """The command line: user errors as one line on stderr and exit status 2 (bpe_fast.cliutil)."""
+    run_main(main, PROG, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

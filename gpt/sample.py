@@ -8,14 +8,30 @@ Sampling is top-k with temperature (GPT.generate); the same seed on the same dev
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
 
+from bpe_fast.cliutil import (
+    ArgumentParser,
+    UserError,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    run_main,
+)
+from gpt.checkpoint import load_model_for_inference, tokenizer_for
+from gpt.config import SEED
+from gpt.tokenizer import EOT_TEXT
+
+PROG = "python -m gpt.sample"
 DEFAULT_PROMPT = "I'm a large language model,"
+
+
+class PromptError(UserError, ValueError):
+    """A prompt the model cannot take (its tokens are outside the model's vocabulary, or it is empty
+    and the tokenizer has no end-of-text token to start from)."""
 
 
 def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
@@ -23,9 +39,11 @@ def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
     a prompt can start a fresh document. An empty prompt is the end-of-text token alone."""
     specials = dict(getattr(tokenizer, "special_tokens", {}) or {})
     if not prompt:
-        if "<|endoftext|>" not in specials:
-            raise ValueError("empty prompt and the tokenizer has no <|endoftext|> token to start from")
-        return [int(specials["<|endoftext|>"])]
+        if EOT_TEXT not in specials:
+            raise PromptError(
+                f"empty prompt and the tokenizer has no {EOT_TEXT} token to start from: give a --prompt"
+            )
+        return [int(specials[EOT_TEXT])]
     if specials:
         return list(tokenizer.encode(prompt, allowed_special=set(specials)))
     return list(tokenizer.encode(prompt))
@@ -53,7 +71,7 @@ def sample(
     ids = encode_prompt(tokenizer, prompt)
     vocab = model.config.real_vocab_size
     if max(ids) >= vocab:
-        raise ValueError(
+        raise PromptError(
             f"prompt token id {max(ids)} is outside the model's vocabulary of {vocab} (wrong --tokenizer?)"
         )
     device = torch.device(device)
@@ -64,44 +82,9 @@ def sample(
     return [tokenizer.decode(row.tolist()) for row in out]
 
 
-def tokenizer_spec_from_meta(meta: dict) -> Optional[str]:
-    """The tokenizer a checkpoint was trained with: meta["tokenizer"] (a spec string or a manifest-style
-    {"spec": ...}), else the training config's "tokenizer"; None when neither says."""
-    for value in (meta.get("tokenizer"), (meta.get("config") or {}).get("tokenizer")):
-        if isinstance(value, dict):
-            value = value.get("spec")
-        if isinstance(value, str) and value:
-            return value
-    return None
-
-
-def load_model_for_inference(spec: str, device: str) -> tuple[Any, dict]:
-    """(model in eval mode on `device`, checkpoint meta or {}) from: a training checkpoint directory
-    (meta.json + model.safetensors), a training output directory (its latest complete checkpoint), a
-    transformers GPT-2 directory (config.json), or a hub name such as "gpt2" (needs network access)."""
-    from gpt import checkpoint as ckpt
-    from gpt.model import GPT
-
-    path = Path(spec)
-    if path.is_dir():
-        if (path / ckpt.META_FILE).is_file() and (path / ckpt.MODEL_FILE).is_file():
-            return ckpt.load_model(path, device=device)
-        latest = ckpt.latest_checkpoint(path)
-        if latest is not None:
-            return ckpt.load_model(latest, device=device)
-        if (path / "config.json").is_file():
-            return GPT.from_hf(path).to(device).eval(), {}
-        raise ValueError(
-            f"{path}: neither a checkpoint, a training output folder, nor a transformers model folder"
-        )
-    if path.exists() or str(spec).startswith((".", "/", "~")):
-        raise ValueError(f"{spec}: not a model directory")
-    return GPT.from_hf(spec).to(device).eval(), {}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m gpt.sample",
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog=PROG,
         description="Sample text from a GPT-2 checkpoint or a transformers GPT-2 dir.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
@@ -114,20 +97,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--prompt", default=DEFAULT_PROMPT, help=f"text to continue (default {DEFAULT_PROMPT!r})"
     )
-    parser.add_argument("--num-samples", type=int, default=4, help="how many samples (default 4)")
+    parser.add_argument("--num-samples", type=positive_int, default=4, help="how many samples (default 4)")
     parser.add_argument(
-        "--max-new-tokens", type=int, default=32, help="tokens generated per sample (default 32)"
+        "--max-new-tokens", type=non_negative_int, default=32, help="tokens generated per sample (default 32)"
     )
     parser.add_argument(
         "--top-k",
-        type=int,
+        type=non_negative_int,
         default=50,
         help="sample among the k most likely tokens; 0 means all (default 50)",
     )
     parser.add_argument(
-        "--temperature", type=float, default=1.0, help="logit temperature; 0 is greedy decoding (default 1.0)"
+        "--temperature",
+        type=non_negative_float,
+        default=1.0,
+        help="logit temperature; 0 is greedy decoding (default 1.0)",
     )
-    parser.add_argument("--seed", type=int, default=42, help="random seed of the sampler (default 42)")
+    parser.add_argument("--seed", type=SEED, default=42, help="random seed of the sampler (default 42)")
     parser.add_argument(
         "--tokenizer",
         default=None,
@@ -140,18 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("num_samples", "max_new_tokens"):
-        if getattr(args, name) < (1 if name == "num_samples" else 0):
-            raise SystemExit(f"--{name.replace('_', '-')} is out of range: {getattr(args, name)}")
-    if args.top_k < 0 or args.temperature < 0:
-        raise SystemExit("--top-k and --temperature must be >= 0")
-    from gpt.tokenizer import load_tokenizer
-
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.hf is not None and not (Path(args.hf) / "config.json").is_file():
-        raise SystemExit(f"--hf {args.hf}: no config.json there (not a transformers model directory)")
+        raise UserError(f"--hf {args.hf}: no config.json there (not a transformers model directory)")
+    # Never a hub name: both flags name local folders, so a missing one fails here, offline.
     model, meta = load_model_for_inference(args.hf or args.checkpoint, device)
-    tokenizer = load_tokenizer(args.tokenizer or tokenizer_spec_from_meta(meta) or "gpt2")
+    tokenizer = tokenizer_for(meta, args.tokenizer)
     runner = torch.compile(model) if args.compile else model
     texts = sample(
         runner,
@@ -169,5 +149,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+def cli(argv: Optional[Sequence[str]] = None) -> None:
+    """The command line: user errors as one line on stderr and exit status 2 (bpe_fast.cliutil)."""
+    run_main(main, PROG, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

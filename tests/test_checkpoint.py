@@ -1,27 +1,43 @@
-"""Checkpoints: atomic directories, weights_only loading, only complete ones are ever picked."""
+"""Checkpoints: atomic directories, safe and checked loading, only complete ones are ever picked, and the
+inference loader (checkpoint, training output folder, transformers folder; never the network for a
+local-looking path)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
+import socket
 
+import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
+from bpe_fast.files import TEMP_SUFFIX
 from gpt.checkpoint import (
     MODEL_FILE,
     OPTIMIZER_FILE,
+    CheckpointError,
+    NonFiniteWeightsError,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     load_model,
-    remove_partial_checkpoints,
+    load_model_for_inference,
+    looks_like_hub_id,
+    recover_checkpoints,
+    rng_state,
     save_checkpoint,
+    set_rng_state,
+    tokenizer_spec_from_meta,
 )
 from gpt.model import GPT, GPTConfig
 
 CONFIG = {"block_size": 16, "vocab_size": 64, "n_layer": 1, "n_head": 2, "n_embd": 16, "real_vocab_size": 60}
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def trained_model(seed=0):
@@ -65,43 +81,141 @@ def test_load_model_builds_the_gpt(tmp_path):
     assert torch.equal(loaded(x)[0], model.eval()(x)[0])
 
 
+def test_load_model_refuses_unknown_config_keys(tmp_path):
+    model, optimizer = trained_model()
+    path = save_checkpoint(
+        tmp_path, model, optimizer, {**meta(3), "model_config": {**CONFIG, "n_kv_head": 2}}
+    )
+    with pytest.raises(CheckpointError, match="n_kv_head"):
+        load_model(path)
+
+
 def test_files_load_with_weights_only(tmp_path):
     model, optimizer = trained_model()
     path = save_checkpoint(tmp_path, model, optimizer, meta(1))
     state = torch.load(path / OPTIMIZER_FILE, weights_only=True)
     assert "state" in state and "param_groups" in state
-    from safetensors.torch import load_file
-
     tensors = load_file(path / MODEL_FILE)
     # The tied embedding/head is stored once, under one of its two names.
-    assert {"transformer.wte.weight", "lm_head.weight"} & set(tensors)
+    assert len({"transformer.wte.weight", "lm_head.weight"} & set(tensors)) == 1
     assert "transformer.h.0.attn.c_attn.weight" in tensors
 
 
+class Payload:
+    """Unpickling this would run code: create the file named in `marker`."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the hand-made payload's protocol, not ours
-def test_pickled_objects_in_optimizer_file_are_refused(tmp_path):
+def test_pickled_code_in_optimizer_file_is_refused_and_never_runs(tmp_path):
     model, optimizer = trained_model()
     path = save_checkpoint(tmp_path, model, optimizer, meta(1))
-
-    class Payload:
-        def __reduce__(self):
-            return (os.system, ("echo pwned",))
-
+    marker = tmp_path / "payload-ran"
+    # The payload must really run when unpickled without weights_only, or this test proves nothing.
+    pickle.loads(pickle.dumps(Payload(marker))).close()
+    assert marker.exists()
+    marker.unlink()
     with open(path / OPTIMIZER_FILE, "wb") as f:
-        pickle.dump({"state": Payload()}, f)
-    with pytest.raises(pickle.UnpicklingError):
+        pickle.dump({"state": Payload(marker), "param_groups": []}, f)
+    with pytest.raises(CheckpointError, match=f"{OPTIMIZER_FILE}: refused to load"):
         load_checkpoint(path, model, optimizer)
+    assert not marker.exists()
+    # The same file through torch.save's zip container is refused too.
+    torch.save({"state": Payload(marker)}, path / OPTIMIZER_FILE)
+    torch.load(path / OPTIMIZER_FILE, weights_only=False)  # an unsafe load would run it
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(CheckpointError, match="refused to load"):
+        load_checkpoint(path, model, optimizer)
+    assert not marker.exists()
 
 
-def test_latest_skips_incomplete_and_temporary(tmp_path):
+# ---------------------------------------------------------------------------------- checked loading
+
+
+def rewrite_weights(path, change):
+    tensors = load_file(path / MODEL_FILE)
+    change(tensors)
+    save_file(tensors, path / MODEL_FILE)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda t: t.pop("transformer.h.0.mlp.c_fc.bias"), "tensor transformer.h.0.mlp.c_fc.bias is missing"),
+        (
+            lambda t: t.update({"transformer.h.0.attn.c_proj.weight": torch.zeros(16, 8)}),
+            r"transformer.h.0.attn.c_proj.weight has shape \(16, 8\), the model needs \(16, 16\)",
+        ),
+        (
+            lambda t: t.update({"transformer.h.1.ln_1.weight": torch.ones(16)}),
+            "transformer.h.1.ln_1.weight is not",
+        ),
+        (
+            lambda t: t["transformer.ln_f.bias"].fill_(float("nan")),
+            "transformer.ln_f.bias holds NaN or infinite values",
+        ),
+    ],
+    ids=["missing", "wrong-shape", "unexpected", "non-finite"],
+)
+def test_weights_that_do_not_fit_are_named(tmp_path, change, message):
+    model, optimizer = trained_model()
+    path = save_checkpoint(tmp_path, model, optimizer, meta(2))
+    rewrite_weights(path, change)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path, trained_model(seed=1)[0])
+    with pytest.raises(CheckpointError, match=message):
+        load_model(path)
+
+
+def test_the_tied_embedding_may_be_stored_under_either_name(tmp_path):
+    model, optimizer = trained_model()
+    path = save_checkpoint(tmp_path, model, optimizer, meta(2))
+
+    def rename(tensors):
+        name = "lm_head.weight" if "lm_head.weight" in tensors else "transformer.wte.weight"
+        other = "transformer.wte.weight" if name == "lm_head.weight" else "lm_head.weight"
+        tensors[other] = tensors.pop(name)
+
+    rewrite_weights(path, rename)
+    loaded, _ = load_model(path)
+    assert torch.equal(loaded.lm_head.weight, model.transformer.wte.weight)
+    assert loaded.lm_head.weight.data_ptr() == loaded.transformer.wte.weight.data_ptr()
+
+
+def test_optimizer_state_of_the_wrong_shape_is_named(tmp_path):
+    model, optimizer = trained_model()
+    path = save_checkpoint(tmp_path, model, optimizer, meta(2))
+    state = torch.load(path / OPTIMIZER_FILE, weights_only=True)
+    state["state"][1]["exp_avg"] = torch.zeros(3)
+    torch.save(state, path / OPTIMIZER_FILE)
+    names = [n for n, p in model.named_parameters() if p.dim() >= 2]  # group 0 (decayed) comes first
+    with pytest.raises(CheckpointError, match=f"exp_avg of {names[1]} has shape"):
+        load_checkpoint(path, *trained_model(seed=1))
+
+
+def test_non_finite_weights_are_never_written(tmp_path):
+    model, optimizer = trained_model()
+    with torch.no_grad():
+        model.transformer.h[0].attn.c_attn.weight[0, 0] = float("inf")
+    with pytest.raises(NonFiniteWeightsError, match="transformer.h.0.attn.c_attn.weight"):
+        save_checkpoint(tmp_path, model, optimizer, meta(4))
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------- finding and writing
+
+
+def test_latest_skips_incomplete_checkpoints(tmp_path):
     model, optimizer = trained_model()
     save_checkpoint(tmp_path, model, optimizer, meta(5))
     save_checkpoint(tmp_path, model, optimizer, meta(10))
-    # A writer killed mid-write leaves its temporary folder; a hand-made folder lacks files.
-    killed = tmp_path / ".tmp-ckpt_0000015-abc"
-    killed.mkdir()
-    (killed / MODEL_FILE).write_bytes(b"partial")
-    partial = tmp_path / "ckpt_0000020"
+    partial = tmp_path / "ckpt_0000020"  # a hand-made folder lacks files
     partial.mkdir()
     (partial / MODEL_FILE).write_bytes(b"x")
     broken_meta = tmp_path / "ckpt_0000030"
@@ -112,16 +226,16 @@ def test_latest_skips_incomplete_and_temporary(tmp_path):
     assert latest_checkpoint(tmp_path).name == "ckpt_0000010"
     assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt_0000005", "ckpt_0000010"]
     assert latest_checkpoint(tmp_path / "missing") is None
-    assert [p.name for p in remove_partial_checkpoints(tmp_path)] == [killed.name]
-    assert latest_checkpoint(tmp_path).name == "ckpt_0000010"
+    with pytest.raises(CheckpointError, match="not a complete checkpoint"):
+        load_checkpoint(partial, model, optimizer)
 
 
-def test_write_killed_midway_leaves_no_checkpoint(tmp_path, monkeypatch):
+def test_write_interrupted_midway_leaves_no_checkpoint(tmp_path, monkeypatch):
     model, optimizer = trained_model()
     save_checkpoint(tmp_path, model, optimizer, meta(5))
 
     def crash(*args, **kwargs):
-        raise KeyboardInterrupt("killed while writing")
+        raise KeyboardInterrupt("interrupted while writing")
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(KeyboardInterrupt):
@@ -138,8 +252,92 @@ def test_same_step_is_replaced_whole(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_0000004"]
 
 
-def test_incomplete_checkpoint_is_refused_by_load(tmp_path):
-    (tmp_path / "ckpt_0000001").mkdir()
+def test_recovery_removes_only_dead_writers_temps(tmp_path):
     model, optimizer = trained_model()
-    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
-        load_checkpoint(tmp_path / "ckpt_0000001", model, optimizer)
+    save_checkpoint(tmp_path, model, optimizer, meta(5))
+    from bpe_fast import files
+
+    dead = tmp_path / f".ckpt_0000006.{files._HOST}-999999999.abcd{TEMP_SUFFIX}"  # no such pid
+    alive = tmp_path / f".ckpt_0000007.{files._HOST}-{os.getppid()}.abcd{TEMP_SUFFIX}"  # a live process
+    foreign = tmp_path / ".tmp-something-else"
+    for folder in (dead, alive, foreign):
+        folder.mkdir()
+        (folder / MODEL_FILE).write_bytes(b"partial")
+    recover_checkpoints(tmp_path)
+    assert not dead.exists() and alive.exists() and foreign.exists()
+    assert latest_checkpoint(tmp_path).name == "ckpt_0000005"
+
+
+def test_mode_of_checkpoint_files_follows_the_umask(tmp_path):
+    model, optimizer = trained_model()
+    probe = tmp_path / "probe"
+    probe.write_text("x")
+    expected = probe.stat().st_mode & 0o777
+    path = save_checkpoint(tmp_path / "out", model, optimizer, meta(1))
+    assert {(p.stat().st_mode & 0o777) for p in path.iterdir()} == {expected}
+
+
+def test_rng_state_roundtrips_through_json():
+    state = json.loads(json.dumps(rng_state()))
+    expected = (torch.rand(3), np.random.rand(3))
+    set_rng_state(state)
+    assert torch.equal(torch.rand(3), expected[0]) and np.array_equal(np.random.rand(3), expected[1])
+
+
+# ---------------------------------------------------------------------------------- inference loading
+
+
+def test_tokenizer_spec_from_meta():
+    assert tokenizer_spec_from_meta({"tokenizer": "vocab.json"}) == "vocab.json"
+    assert tokenizer_spec_from_meta({"tokenizer": {"spec": "gpt2"}}) == "gpt2"
+    assert tokenizer_spec_from_meta({"config": {"tokenizer": "v.json"}}) == "v.json"
+    assert tokenizer_spec_from_meta({"config": {"tokenizer": None}}) is None
+
+
+def test_load_model_for_inference_sources(tmp_path):
+    pytest.importorskip("transformers")
+    model, optimizer = trained_model()
+    model.eval()
+    ckpt = save_checkpoint(
+        tmp_path / "run", model, optimizer, {"step": 7, "model_config": dataclasses.asdict(model.config)}
+    )
+    model.save_hf(tmp_path / "hf")
+    idx = torch.randint(0, 60, (1, 9))
+    with torch.no_grad():
+        expected = model(idx)[0]
+        for spec in (ckpt, tmp_path / "run", tmp_path / "hf"):  # checkpoint, output folder, HF folder
+            loaded, info = load_model_for_inference(str(spec), "cpu")
+            assert not loaded.training
+            torch.testing.assert_close(loaded(idx)[0], expected, atol=1e-6, rtol=0)
+            assert bool(info) == (spec != tmp_path / "hf")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="neither a checkpoint"):
+        load_model_for_inference(str(tmp_path / "empty"), "cpu")
+
+
+@pytest.mark.parametrize("spec", ["nosuchdir", "runs/nosuch", "./gpt2", "~/nosuch", "/nonexistent/model"])
+def test_a_missing_local_path_never_reaches_the_network(tmp_path, monkeypatch, spec):
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    calls = []
+
+    def no_network(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError("network used")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    with pytest.raises(CheckpointError, match="no such directory"):
+        load_model_for_inference(spec, "cpu")  # sample/export never allow hub names
+    if spec != "nosuchdir":  # a bare name may be a hub id where the hub is allowed
+        with pytest.raises(CheckpointError, match="no such directory"):
+            load_model_for_inference(spec, "cpu", allow_hub=True)
+    assert calls == []
+
+
+def test_hub_ids_are_told_from_local_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert looks_like_hub_id("gpt2") and looks_like_hub_id("openai-community/gpt2")
+    for local in ("./gpt2", "/abs/model", "~/m", "runs/model", "a/b/c", "vocab.json", "dir/", ".hidden"):
+        assert not looks_like_hub_id(local), local

@@ -156,6 +156,13 @@ def test_disk_full_error_is_an_oserror_with_errno():
         RuntimeError("[enforce fail at inline_container.cc:671] . unexpected pos 1 vs 2")
     )
     assert not files.is_disk_full(RuntimeError("shape mismatch"))
+    # Rust writers (safetensors) put the OS error in the text of their own exception class.
+    safetensors_error = type("SafetensorError", (Exception,), {})
+    assert files.is_disk_full(
+        safetensors_error("Error while serializing: I/O error: File too large (os error 27)")
+    )
+    assert files.is_disk_full(safetensors_error("I/O error: No space left on device (os error 28)"))
+    assert not files.is_disk_full(safetensors_error("Error while serializing: invalid header"))
 
 
 def test_overwrite_only_replaces_the_same_tools_output(tmp_path):

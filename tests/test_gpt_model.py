@@ -10,6 +10,8 @@ import dataclasses
 import json
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -48,6 +50,21 @@ def random_hf_model(seed: int = 0) -> GPT2LMHeadModel:
 
 
 # ------------------------------------------------------------------------------------------------ config
+
+
+def test_importing_the_model_loads_nothing_else_of_the_repo():
+    # gpt.model depends on torch only: the tokenizer package, the HF conversion and transformers stay
+    # out until something asks for them.
+    script = (
+        "import sys, gpt.model; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('bpe_fast', 'gpt', 'transformers')))"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['gpt', 'gpt.model']"
 
 
 def test_padded_vocab_size():

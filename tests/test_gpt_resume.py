@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 import gpt.train as train
+from bpe_fast import files
 from gpt.shards import write_shard
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,13 +106,15 @@ def test_resume_ignores_a_checkpoint_killed_mid_write(tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert train.main([*common, "--out", str(straight)]) == 0
     assert train.main([*common, "--out", str(resumed), "--stop-at-step", "4"]) == 0
-    # What a writer killed at step 6 leaves behind: a temp folder, and a final-named folder missing files.
-    for name in (".tmp-ckpt_0000006-x", "ckpt_0000007"):
+    # What a writer killed at step 6 leaves behind (its temp folder, named after its dead pid), and a
+    # final-named folder missing files (made by hand: it is never picked).
+    killed = f".ckpt_0000006.{files._HOST}-999999999.abcd{files.TEMP_SUFFIX}"
+    for name in (killed, "ckpt_0000007"):
         (resumed / name).mkdir()
         (resumed / name / "model.safetensors").write_bytes(b"\0" * 10)
     assert train.main([*common, "--out", str(resumed), "--resume"]) == 0
     assert_same_run(straight, resumed, 8)
-    assert not (resumed / ".tmp-ckpt_0000006-x").exists()  # the leftover was cleaned up at start
+    assert not (resumed / killed).exists()  # the leftover was cleaned up at start
 
 
 def test_real_sigterm_checkpoints_and_resumes_exactly(tmp_path):

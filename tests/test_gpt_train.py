@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,9 @@ import pytest
 import torch
 
 import gpt.train as train
-from gpt.config import TrainConfig, load_preset, parse_config
+from bpe_fast.cliutil import UserError
+from bpe_fast.files import TEMP_SUFFIX
+from gpt.config import ConfigError, TrainConfig, load_preset, parse_config
 from gpt.data import ShardError
 from gpt.manifest import ManifestError
 from gpt.shards import write_shard
@@ -56,8 +60,17 @@ def run(tmp_path, *extra, data=None):
     return status, out
 
 
+def strict_json(line: str) -> dict:
+    """json.loads refusing NaN and infinities, which are not JSON."""
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(line, parse_constant=refuse)
+
+
 def read_log(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    return [strict_json(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
 class StandInTokenizer:
@@ -153,7 +166,7 @@ def test_tensorboard_events_written(tmp_path):
     assert status == 0 and list((out / "tb").glob("events.out.tfevents.*"))
 
 
-def test_non_finite_loss_stops_cleanly(tmp_path, monkeypatch):
+def test_non_finite_loss_stops_cleanly(tmp_path, monkeypatch, capsys):
     calls = {"n": 0}
     real_forward = train.GPT.forward
 
@@ -170,9 +183,52 @@ def test_non_finite_loss_stops_cleanly(tmp_path, monkeypatch):
         tmp_path, "--max-steps", 20, "--val-every", 0, "--batch-size", 8, "--checkpoint-every", 3
     )
     assert status == 2
-    log = read_log(out)
+    log = read_log(out)  # still valid JSON: the NaN loss is null, flagged
     assert log[-1]["step"] == 6 and log[-1]["error"] == "non-finite"
+    assert log[-1]["loss"] is None and log[-1]["nonfinite"] == ["loss"]
     assert sorted(p.name for p in out.glob("ckpt_*")) == ["ckpt_0000003", "ckpt_0000006"]
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and "step 6: non-finite loss" in errors[0]
+
+
+def test_weights_that_become_non_finite_are_never_checkpointed(tmp_path, monkeypatch):
+    # The optimizer step of step 2 overflows one weight (as an absurd learning rate or a bf16 overflow
+    # would) while that step's loss and gradients were finite: the checkpoint after it is refused.
+    real_step = torch.optim.AdamW.step
+    calls = {"n": 0}
+
+    def overflowing_step(self, *args, **kwargs):
+        result = real_step(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            with torch.no_grad():
+                self.param_groups[0]["params"][1].view(-1)[0] = float("inf")
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", overflowing_step)
+    with pytest.raises(
+        UserError, match=r"step 3: weight \S+ is not finite.*no checkpoint written.*ckpt_0000002"
+    ):
+        run(tmp_path, "--max-steps", 6, "--val-every", 0, "--checkpoint-every", 1)
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("ckpt_*")) == ["ckpt_0000001", "ckpt_0000002"]
+    assert not [p for p in out.iterdir() if TEMP_SUFFIX in p.name]
+    assert [r["step"] for r in read_log(out)] == [0, 1, 2]
+
+
+def test_log_records_are_strict_json():
+    from gpt.trainlog import json_record
+
+    record = json_record({"step": 3, "loss": float("nan"), "lr": 1e-3, "ppl": float("inf"), "mfu": None})
+    assert record == {
+        "step": 3,
+        "loss": None,
+        "lr": 1e-3,
+        "ppl": None,
+        "mfu": None,
+        "nonfinite": ["loss", "ppl"],
+    }
+    assert strict_json(json.dumps(record, allow_nan=False)) == record
 
 
 # --------------------------------------------------------------------------------- evaluation hooks
@@ -186,7 +242,7 @@ def test_samples_hellaswag_and_perplexity(tmp_path, gpt2_tokenizer, capsys):
         "--vocab-size", 50304, "--max-steps", 2, "--val-every", 1,
         "--sample-every", 1, "--sample-count", 2, "--sample-tokens", 5, "--sample-prompt", "Hello,",
         "--hellaswag", REPO / "tests" / "data" / "hellaswag_tiny.jsonl", "--hellaswag-every", 1,
-        "--eval-text", REPO / "data" / "corpora" / "tinyshakespeare.txt", "--eval-text-every", 1,
+        "--eval-text", REPO / "python" / "bpe_fast" / "samples" / "corpora" / "tinyshakespeare.txt", "--eval-text-every", 1,
         "--eval-text-tokens", 200,
         data=data,
     )  # fmt: skip
@@ -205,13 +261,20 @@ def test_plot_writes_png(tmp_path):
 
     assert plot_main([str(out), "-o", str(tmp_path / "curve.png")]) == 0
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # A run killed while appending leaves half a line: the plot is still drawn from the complete ones.
+    with open(out / "log.jsonl", "a") as log:
+        log.write('{"step": 4, "lo')
+    from gpt.plot import read_log as read_plot_log
+
+    assert [r["step"] for r in read_plot_log(out / "log.jsonl")] == [0, 1, 2, 3]
+    assert plot_main([str(out)]) == 0 and (out / "loss.png").is_file()
 
 
 # --------------------------------------------------------------------------------------- refusals
 
 
 def test_indivisible_total_batch_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="not a multiple of B\\*T\\*world_size"):
+    with pytest.raises(ConfigError, match="not a multiple of B\\*T\\*world_size"):
         run(tmp_path, "--total-batch-size", 100)
 
 
@@ -230,7 +293,7 @@ def test_ids_beyond_model_vocab_are_refused(tmp_path):
         run(tmp_path, data=data)
 
 
-def manifest_for(folder: Path, vocab_size: int, sha: str) -> None:
+def manifest_for(folder: Path, vocab_size: int, sha: str, spec: str = "gpt2") -> None:
     shards = [
         {"file": p.name, "split": p.name.split("_")[0], "tokens": int((p.stat().st_size - 1024) // 2)}
         for p in sorted(folder.glob("*.bin"))
@@ -240,7 +303,7 @@ def manifest_for(folder: Path, vocab_size: int, sha: str) -> None:
             {
                 "format": "bpe-fast-shards",
                 "version": 1,
-                "tokenizer": {"spec": "gpt2", "sha256": sha, "vocab_size": vocab_size, "eot_id": 0},
+                "tokenizer": {"spec": spec, "sha256": sha, "vocab_size": vocab_size, "eot_id": 0},
                 "dtype": "uint16",
                 "shards": shards,
                 "num_tokens": sum(s["tokens"] for s in shards),
@@ -253,7 +316,7 @@ def manifest_for(folder: Path, vocab_size: int, sha: str) -> None:
 def test_fresh_run_into_a_folder_with_checkpoints_is_refused(tmp_path):
     status, out = run(tmp_path, "--max-steps", 1, "--val-every", 0)
     assert status == 0
-    with pytest.raises(FileExistsError, match="ckpt_0000001.*--resume"):
+    with pytest.raises(UserError, match="ckpt_0000001.*--resume"):
         run(tmp_path, "--max-steps", 1, "--val-every", 0, data=tmp_path / "shards")
 
 
@@ -265,7 +328,7 @@ def test_manifest_mismatches_are_refused(tmp_path):
     with pytest.raises(ManifestError, match="sha256"):
         run(tmp_path, "--tokenizer", "gpt2", data=data)
     manifest_for(data, 50257, tokenizer_sha256("gpt2"))
-    with pytest.raises(ValueError, match="50257"):
+    with pytest.raises(UserError, match="50257"):
         run(tmp_path, data=data)  # 64 embeddings cannot hold GPT-2's ids
     manifest_for(data, VOCAB, "0" * 64)
     status, _ = run(tmp_path, "--max-steps", 1, data=data)  # no --tokenizer: nothing to compare with
@@ -280,6 +343,30 @@ def test_manifest_sets_the_vocab_when_unset(tmp_path):
     meta = json.loads((out / "ckpt_0000001" / "meta.json").read_text())
     assert meta["model_config"]["vocab_size"] == 64 and meta["model_config"]["real_vocab_size"] == 60
     assert meta["tokenizer"] == {"spec": "gpt2", "vocab_size": 60, "eot_id": 0}  # as the manifest says
+
+
+def test_the_manifests_vocab_is_used_from_any_directory_and_never_replaced(tmp_path, monkeypatch):
+    import warnings
+
+    import bpe_fast
+    from gpt.manifest import tokenizer_sha256
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tok = bpe_fast.train(["the cat sat on the mat " * 50], 300, special_tokens=["<|endoftext|>"])
+    data = make_shards(tmp_path / "shards")
+    tok.save(data / "vocab.json")
+    manifest_for(data, tok.vocab_size, tokenizer_sha256(data / "vocab.json"), spec="vocab.json")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the manifest's relative path is not relative to here
+    sampling = ["--vocab-size", "320", "--max-steps", "2", "--sample-every", "1", "--sample-count", "1"]
+    status, out = run(tmp_path, *sampling, "--sample-tokens", "2", data=data)
+    assert status == 0
+    meta = json.loads((out / "ckpt_0000002" / "meta.json").read_text())
+    assert meta["tokenizer"]["spec"] == str((data / "vocab.json").resolve())
+    (data / "vocab.json").unlink()
+    with pytest.raises(UserError, match="names the tokenizer vocab.json, which is not there"):
+        train.main([*TINY, *sampling, "--data", str(data), "--out", str(tmp_path / "out2")])
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -299,8 +386,60 @@ def test_config_precedence_and_presets():
     assert tiny["hellaswag"] is None and tiny["log_every"] == 1 and not tiny["compile"]
     assert parse_config(["--stop-at-step", "none"]).stop_at_step is None
     assert parse_config([]) == TrainConfig()
-    with pytest.raises(ValueError, match="unknown preset"):
+    with pytest.raises(ConfigError, match="unknown preset 'gpt5': choose one of gpt2-124m, tiny-cpu"):
         parse_config(["--preset", "gpt5"])
+
+
+CHECKED_FIELDS = [f.name for f in dataclasses.fields(TrainConfig) if f.metadata["check"] is not None]
+BOUNDED_ABOVE = {"dropout", "min_lr_ratio", "beta1", "beta2"}  # fractions and ratios: 1.5 is out of range
+
+
+def test_every_numeric_field_is_checked():
+    kinds = typing.get_type_hints(TrainConfig)
+    numeric = [name for name, hint in kinds.items() if int in typing.get_args(hint) + (hint,) or
+               float in typing.get_args(hint) + (hint,)]  # fmt: skip
+    assert sorted(numeric) == sorted(CHECKED_FIELDS)
+
+
+@pytest.mark.parametrize("name", CHECKED_FIELDS)
+def test_numeric_flags_refuse_nonsense_before_any_work(name, capsys):
+    flag = "--" + name.replace("_", "-")
+    bad = ["nan", "inf", "-inf", "-1", "1e400", "twelve"] + (["1.5", "1"] if name in BOUNDED_ABOVE else [])
+    if name in BOUNDED_ABOVE and name == "min_lr_ratio":
+        bad.remove("1")  # a ratio of 1 (no decay) is allowed
+    for value in bad:
+        with pytest.raises(SystemExit) as exit_info:
+            parse_config([flag, value])
+        assert exit_info.value.code == 2, (flag, value)
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"argument {flag}:" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"max_lr": -1}, "max_lr: -1 is out of range"),
+        ({"beta2": 1.0}, "beta2: 1.0 is out of range"),
+        ({"n_layer": 2.5}, "n_layer: expected an integer"),
+        ({"n_layer": None}, "n_layer: must be set"),
+        ({"compile": "yes"}, "compile: expected true or false"),
+        ({"dtype": "fp8"}, "dtype: 'fp8' is not one of"),
+        ({"n_heads": 4}, "unknown config keys \\['n_heads'\\]"),
+    ],
+)
+def test_preset_files_are_checked_like_flags(tmp_path, values, message):
+    preset = tmp_path / "mine.json"
+    preset.write_text(json.dumps(values))
+    with pytest.raises(ConfigError, match=message):
+        parse_config(["--preset", str(preset)])
+    preset.write_text('{"eps": NaN}')  # Python's json reads NaN; it is still refused
+    with pytest.raises(ConfigError, match="eps: 'nan' is not a finite number"):
+        parse_config(["--preset", str(preset)])
+
+
+def test_config_relations_are_checked():
+    with pytest.raises(ConfigError, match="--n-embd 100 must be a multiple of --n-head 3"):
+        parse_config(["--n-embd", "100", "--n-head", "3"])
 
 
 def test_lr_schedule_shape():
@@ -318,10 +457,3 @@ def test_help_lists_every_field(capsys):
     text = capsys.readouterr().out
     for name in TrainConfig.__dataclass_fields__:
         assert "--" + name.replace("_", "-") in text
-
-
-def test_rng_state_roundtrips_through_json():
-    state = json.loads(json.dumps(train.rng_state()))
-    expected = (torch.rand(3), np.random.rand(3))
-    train.set_rng_state(state)
-    assert torch.equal(torch.rand(3), expected[0]) and np.array_equal(np.random.rand(3), expected[1])

@@ -98,7 +98,7 @@ def test_offline_download_error_points_to_the_flag(tmp_path, monkeypatch):
 
     monkeypatch.setattr(hellaswag.urllib.request, "urlopen", offline)
     monkeypatch.setenv("HELLASWAG_CACHE", str(tmp_path))
-    with pytest.raises(RuntimeError, match="--hellaswag PATH"):
+    with pytest.raises(hellaswag.HellaSwagError, match="--hellaswag PATH"):
         hellaswag.load_examples(None, split="val")
     assert list(tmp_path.iterdir()) == []  # no partial file left behind
 

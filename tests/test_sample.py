@@ -1,9 +1,8 @@
-"""gpt.sample (sampling CLI and model loading) and gpt.export (checkpoint -> transformers directory)."""
+"""gpt.sample: sampling, prompts, and the CLI (model loading is tested with the checkpoint code)."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import subprocess
 import sys
@@ -13,7 +12,8 @@ import pytest
 import torch
 
 import gpt.tokenizer
-from gpt import export, sample
+from bpe_fast.cliutil import UserError
+from gpt import sample
 from gpt.checkpoint import save_checkpoint
 from gpt.model import GPT, GPTConfig
 
@@ -96,33 +96,7 @@ def test_prompt_outside_the_vocabulary_is_an_error():
         sample.sample(tiny_gpt(), Wide(), prompt="x")
 
 
-def test_tokenizer_spec_from_meta():
-    assert sample.tokenizer_spec_from_meta({"tokenizer": "vocab.json"}) == "vocab.json"
-    assert sample.tokenizer_spec_from_meta({"tokenizer": {"spec": "gpt2"}}) == "gpt2"
-    assert sample.tokenizer_spec_from_meta({"config": {"tokenizer": "v.json"}}) == "v.json"
-    assert sample.tokenizer_spec_from_meta({"config": {"tokenizer": None}}) is None
-
-
-# --------------------------------------------------------------------------------------------- loading
-
-
-def test_load_model_for_inference_sources(tmp_path):
-    model = tiny_gpt()
-    ckpt = write_checkpoint(tmp_path / "run", model)
-    model.save_hf(tmp_path / "hf")
-    idx = torch.randint(0, REAL_VOCAB, (1, 9))
-    with torch.no_grad():
-        expected = model(idx)[0]
-        for spec in (ckpt, tmp_path / "run", tmp_path / "hf"):  # checkpoint, output folder, HF folder
-            loaded, meta = sample.load_model_for_inference(str(spec), "cpu")
-            assert not loaded.training
-            torch.testing.assert_close(loaded(idx)[0], expected, atol=1e-6, rtol=0)
-            assert bool(meta) == (spec != tmp_path / "hf")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="neither a checkpoint"):
-        sample.load_model_for_inference(str(tmp_path / "empty"), "cpu")
-    with pytest.raises(ValueError, match="not a model directory"):
-        sample.load_model_for_inference(str(tmp_path / "missing"), "cpu")
+# ------------------------------------------------------------------------------------------------- CLI
 
 
 def test_cli_from_checkpoint_is_deterministic(tmp_path, monkeypatch, capsys):
@@ -146,7 +120,7 @@ def test_cli_from_hf_dir_with_explicit_tokenizer(tmp_path, monkeypatch, capsys):
     argv = ["--hf", str(tmp_path / "hf"), "--tokenizer", "mine.json", "--top-k", "0", "--temperature", "0"]
     assert sample.main(argv + ["--num-samples", "1", "--max-new-tokens", "4", "--device", "cpu"]) == 0
     assert asked == ["mine.json"]
-    with pytest.raises(SystemExit, match="config.json"):
+    with pytest.raises(UserError, match="config.json"):
         sample.main(["--hf", str(tmp_path), "--device", "cpu"])
 
 
@@ -159,48 +133,6 @@ def test_cli_help_runs():
         assert flag in result.stdout
     for flag in ("--temperature", "--seed", "--tokenizer", "--device", "--compile"):
         assert flag in result.stdout
-
-
-# ---------------------------------------------------------------------------------------------- export
-
-
-def test_export_checkpoint_to_transformers(tmp_path, monkeypatch):
-    transformers = pytest.importorskip("transformers")
-    model = tiny_gpt()
-    ckpt = write_checkpoint(tmp_path / "run", model, tokenizer_spec="fake-spec")
-    monkeypatch.setattr(gpt.tokenizer, "load_tokenizer", lambda spec: ByteTokenizer())
-    assert export.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "hf")]) == 0
-    config = json.loads((tmp_path / "hf" / "config.json").read_text())
-    assert config["vocab_size"] == REAL_VOCAB and config["eos_token_id"] == EOT
-    assert not (tmp_path / "hf" / "tokenizer.json").exists()  # only GPT-2's tokenizer is written
-    loaded, info = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf", output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"]
-    idx = torch.randint(0, REAL_VOCAB, (2, 12))
-    with torch.no_grad():
-        torch.testing.assert_close(loaded.eval()(idx).logits, model(idx)[0], atol=1e-5, rtol=0)
-
-
-def test_export_refuses_a_non_checkpoint(tmp_path):
-    tiny_gpt().save_hf(tmp_path / "hf")
-    with pytest.raises(ValueError, match="not a training checkpoint"):
-        export.export(tmp_path / "hf", tmp_path / "out")
-    with pytest.raises(FileNotFoundError):
-        export.export(tmp_path / "nope", tmp_path / "out")
-
-
-def test_export_gpt2_writes_a_matching_tokenizer(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("tokenizers")
-    model = tiny_gpt(real_vocab=50257)
-    ckpt = write_checkpoint(tmp_path / "run", model, tokenizer_spec="gpt2")
-    out = export.export(ckpt, tmp_path / "hf")
-    assert json.loads((out / "config.json").read_text())["eos_token_id"] == 50256
-    tok = transformers.AutoTokenizer.from_pretrained(out)
-    # GPT-2's well-known ids: "Hello" 15496, " world" 995, <|endoftext|> 50256
-    assert tok.encode("Hello world") == [15496, 995]
-    assert tok.convert_tokens_to_ids("<|endoftext|>") == 50256
-    with pytest.raises(ValueError, match="real vocabulary"):
-        export.export(write_checkpoint(tmp_path / "run2", tiny_gpt(), tokenizer_spec="gpt2"), tmp_path / "x")
 
 
 @pytest.mark.skipif(

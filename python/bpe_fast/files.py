@@ -45,8 +45,15 @@ MARKER_NAME = ".bpe-fast-output.json"
 """The file in an output folder that says which tool made it (see `check_overwrite`)."""
 
 _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
-# torch.save reports a failed write as a RuntimeError from its C++ writer, without an errno.
-_DISK_FULL_MESSAGES = ("unexpected pos", "file write failed", "No space left on device")
+# Writers in other languages report a failed write without an errno: torch.save's C++ writer as a
+# RuntimeError ("unexpected pos ..."), Rust writers such as safetensors with the OS error in the text
+# ("I/O error: File too large (os error 27)").
+_DISK_FULL_MESSAGES = (
+    "unexpected pos",
+    "file write failed",
+    *sorted({os.strerror(code) for code in _DISK_FULL_ERRNOS}),
+    *sorted({f"(os error {code})" for code in _DISK_FULL_ERRNOS}),
+)
 
 
 class DiskFullError(OSError):
@@ -73,7 +80,7 @@ def is_disk_full(error: BaseException) -> bool:
         seen.add(id(current))
         if isinstance(current, OSError) and current.errno in _DISK_FULL_ERRNOS:
             return True
-        if isinstance(current, RuntimeError) and any(m in str(current) for m in _DISK_FULL_MESSAGES):
+        if not isinstance(current, OSError) and any(m in str(current) for m in _DISK_FULL_MESSAGES):
             return True
         current = current.__cause__ or current.__context__
     return False
