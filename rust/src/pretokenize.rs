@@ -220,6 +220,20 @@ impl Pattern {
         Ok(())
     }
 
+    /// For the built-in splitting patterns: calls `f(start, ends)` with the chunks of `text` in
+    /// batches (see `window_split::split_batched`). Returns false, calling nothing, for the others.
+    #[inline(always)]
+    pub fn for_each_batch(&self, text: &str, f: &mut impl FnMut(usize, &[usize])) -> bool {
+        let rules = match self {
+            Pattern::Gpt2 => Rules::Gpt2,
+            Pattern::Gpt4 => Rules::Gpt4,
+            Pattern::O200k => Rules::O200k,
+            Pattern::Raw | Pattern::Custom(_) => return false,
+        };
+        window_split::split_batched(rules, text, f);
+        true
+    }
+
     /// The chunks of `text` as owned strings (for tests and inspection).
     pub fn split(&self, text: &str) -> Result<Vec<String>> {
         let mut out = Vec::new();

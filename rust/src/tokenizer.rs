@@ -602,6 +602,17 @@ impl Tokenizer {
         cache: &mut ChunkCache,
     ) -> Result<()> {
         let bytes = text.as_bytes();
+        let batched = self.pattern.for_each_batch(text, &mut |mut start, ends| {
+            // At least one id per chunk: reserve so the pushes below never reallocate.
+            out.reserve(ends.len());
+            for &end in ends {
+                self.encode_chunk(bytes, start, end - start, out, cache);
+                start = end;
+            }
+        });
+        if batched {
+            return Ok(());
+        }
         self.pattern.for_each_span(text, &mut |start, end| {
             self.encode_chunk(bytes, start, end - start, out, cache)
         })

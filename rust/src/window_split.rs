@@ -353,37 +353,68 @@ fn window_starts(rules: Rules, bytes: &[u8], pos: usize) -> Option<u64> {
     })
 }
 
-/// Calls `f(start, end)` with the byte range of every chunk of `text`, in order.
+/// Chunks handed to the caller at once by `split_batched` (a window adds up to 63 more).
+pub const BATCH: usize = 256;
+
+/// Calls `f(start, ends)` with the chunks of `text` in batches: the first chunk of a batch is
+/// `start..ends[0]`, the next `ends[0]..ends[1]`, and so on; batches follow each other in order.
+/// Splitting a batch and then encoding it lets each loop stay small, instead of one loop carrying
+/// both (which cost a register-spilling call boundary per chunk).
 #[inline(always)]
-pub fn split(rules: Rules, text: &str, f: &mut impl FnMut(usize, usize)) {
+pub fn split_batched(rules: Rules, text: &str, f: &mut impl FnMut(usize, &[usize])) {
     let bytes = text.as_bytes();
     let chunk_end = match rules {
         Rules::Gpt2 => gpt2_chunk_end,
         Rules::Gpt4 => gpt4_chunk_end,
         Rules::O200k => o200k_chunk_end,
     };
+    let mut ends = [0usize; BATCH + WINDOW];
+    let mut count = 0;
+    let mut batch_start = 0;
     let mut pos = 0;
     while pos < bytes.len() {
+        let mut windowed = false;
         if pos + WINDOW + LOOKAHEAD <= bytes.len() {
             if let Some(starts) = window_starts(rules, bytes, pos) {
                 let mut rest = starts & !1;
                 if rest != 0 {
-                    let mut start = 0;
+                    let mut last = 0;
                     while rest != 0 {
-                        let next = rest.trailing_zeros() as usize;
+                        last = rest.trailing_zeros() as usize;
                         rest &= rest - 1;
-                        f(pos + start, pos + next);
-                        start = next;
+                        ends[count] = pos + last;
+                        count += 1;
                     }
-                    pos += start;
-                    continue;
+                    pos += last;
+                    windowed = true;
                 }
             }
         }
-        let end = chunk_end(bytes, pos);
-        f(pos, end);
-        pos = end;
+        if !windowed {
+            pos = chunk_end(bytes, pos);
+            ends[count] = pos;
+            count += 1;
+        }
+        if count >= BATCH {
+            f(batch_start, &ends[..count]);
+            batch_start = pos;
+            count = 0;
+        }
     }
+    if count > 0 {
+        f(batch_start, &ends[..count]);
+    }
+}
+
+/// Calls `f(start, end)` with the byte range of every chunk of `text`, in order.
+#[inline(always)]
+pub fn split(rules: Rules, text: &str, f: &mut impl FnMut(usize, usize)) {
+    split_batched(rules, text, &mut |mut start, ends| {
+        for &end in ends {
+            f(start, end);
+            start = end;
+        }
+    })
 }
 
 #[cfg(test)]
