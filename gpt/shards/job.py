@@ -234,7 +234,7 @@ def _choose_val(source: Source, fraction: float, where: str) -> dict:
         # A stream is not read twice; without a val split there is nothing to choose (an input with no
         # document is then found at the end).
         return {"fraction": fraction, "rule": config_rule(source), "threshold": fixed_threshold(fraction)}
-    log.info("reading the input once to choose the validation documents")
+    log.debug("reading the input once to choose the validation documents")
     keys, skipped = [], {}
     for record in source.records():
         if record.text is None:
