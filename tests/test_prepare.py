@@ -787,3 +787,44 @@ def test_prepare_runs_from_another_working_directory(gpt2, corpus_files, tmp_pat
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert load_manifest(work / "shards")["tokenizer"]["spec"] == "../vocab.json"
+
+
+def _leave_a_stale_temp(target: Path) -> None:
+    """A writer of `target` that dies mid-write (its temp file stays, its pid is gone)."""
+    from bpe_fast.files import atomic_path
+
+    pid = os.fork()
+    if pid == 0:  # the child: only pure-Python file code runs here
+        with atomic_path(target) as temp:
+            Path(temp).write_bytes(b"half a shard")
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert [p for p in target.parent.iterdir() if p.name.startswith(f".{target.name}.")]
+
+
+def test_an_interrupted_merge_is_finished_by_running_it_again(gpt2, corpus_files, tmp_path):
+    parts = []
+    for worker in range(2):
+        out = tmp_path / f"worker_{worker:04d}"
+        source = FileSource(corpus_files, doc_sep="\n\n", worker=worker, num_workers=2)
+        parts.append(run_prepare(source, gpt2, out, shard_size=4_000))
+    merged_dir = tmp_path / "merged"
+    reference = merge_manifests([tmp_path / "worker_0000", tmp_path / "worker_0001"], tmp_path / "reference")
+    # A merge killed after its first links, with a temp file of a link in progress.
+    merged_dir.mkdir()
+    first = reference["shards"][0]["file"]
+    (merged_dir / first).write_bytes((tmp_path / "reference" / first).read_bytes())
+    _leave_a_stale_temp(merged_dir / reference["shards"][1]["file"])
+    foreign = merged_dir / f".{reference['shards'][1]['file']}.otherhost-999999.abcd1234.bpefast-tmp"
+    foreign.write_bytes(b"another machine's")
+    assert merge_manifests([tmp_path / "worker_0000", tmp_path / "worker_0001"], merged_dir) == {
+        **reference,
+        "source": load_manifest(merged_dir)["source"],
+    }
+    assert shard_bytes(merged_dir) == shard_bytes(tmp_path / "reference")
+    leftover = [p.name for p in merged_dir.iterdir() if p.name.endswith(".bpefast-tmp")]
+    assert leftover == [foreign.name]  # ours removed; another host's is not ours to judge
+    (merged_dir / "manifest.json").unlink()
+    (merged_dir / first).write_bytes(b"something else")
+    with pytest.raises(ManifestError, match="other contents"):
+        merge_manifests([tmp_path / "worker_0000", tmp_path / "worker_0001"], merged_dir)

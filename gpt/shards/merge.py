@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
-from bpe_fast.files import atomic_path
+from bpe_fast.files import atomic_path, remove_stale_temps_in
 
 from .format import file_sha256
 from .manifest import (
@@ -91,21 +91,28 @@ def merge_manifests(part_dirs: Sequence[str | os.PathLike], out_dir: str | os.Pa
             )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stale = sorted(p.name for p in out_dir.glob("*.bin")) + (
-        [MANIFEST_NAME] if (out_dir / MANIFEST_NAME).exists() else []
-    )
-    if stale:
-        raise ManifestError(f"{out_dir}: already holds {stale[:3]}...; merge into an empty folder")
-    shards, skipped = [], {}
+    plan, shards, skipped = [], [], {}
     for part_dir, manifest in parts:
         for shard in manifest["shards"]:
             name = f"{shard['split']}_{len(shards):06d}.bin"
-            src = part_dir / shard["file"]
-            if src.resolve() != (out_dir / name).resolve():
-                _link_or_copy(src, out_dir / name)
+            plan.append((part_dir / shard["file"], out_dir / name))
             shards.append({**shard, "file": name})
         for reason, count in manifest.get("skipped", {}).items():
             skipped[reason] = skipped.get(reason, 0) + count
+    planned = {dst.name for _, dst in plan}
+    remove_stale_temps_in(out_dir, lambda name: name in planned or name == MANIFEST_NAME)
+    # A merge killed part-way left some of the planned links: those are kept; anything else is refused.
+    stale = sorted(p.name for p in out_dir.glob("*.bin") if p.name not in planned) + (
+        [MANIFEST_NAME] if (out_dir / MANIFEST_NAME).exists() else []
+    )
+    if stale:
+        raise ManifestError(f"{out_dir}: already holds {', '.join(stale[:3])}; merge into an empty folder")
+    for src, dst in plan:
+        if dst.exists():
+            if os.path.samefile(src, dst) or file_sha256(dst) == file_sha256(src):
+                continue  # linked or copied by an earlier, interrupted merge
+            raise ManifestError(f"{dst}: already exists with other contents; merge into an empty folder")
+        _link_or_copy(src, dst)
     if first.get("version") == 1:
         tokenizer = {**first["tokenizer"], "spec": tokenizer_location(first, first_dir)}
         tokenizer = rebase_tokenizer(tokenizer, "/", out_dir) if tokenizer["spec"] != "gpt2" else tokenizer
