@@ -38,12 +38,13 @@ from bpe_fast.files import (
     marker_tool,
     write_marker,
 )
+from gpt.shards.format import file_sha256
+from gpt.tokenizer import EOT_TEXT
 
 PROG = "python -m gpt.pipeline"
 TOOL = "gpt.pipeline"
 STATE_NAME = "pipeline.json"
 STATE_VERSION = 1
-EOT_TEXT = "<|endoftext|>"
 
 
 @dataclass
@@ -82,14 +83,6 @@ class Stage:
     def fingerprint(self) -> str:
         text = json.dumps({"stage": self.name, **self.inputs}, sort_keys=True)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_stages(cfg: PipelineConfig, corpus_sha256: str) -> list[Stage]:
