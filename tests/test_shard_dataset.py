@@ -171,3 +171,12 @@ def test_without_a_manifest_the_tokenizer_is_the_one_given_or_gpt2(tmp_path):
     assert resolve_tokenizer(tmp_path, load=False) == ("gpt2", None)
     spec, tok = resolve_tokenizer(tmp_path)
     assert spec == "gpt2" and tok.vocab_size == 50257
+
+
+def test_the_model_must_fit_the_manifests_tokenizer(project):
+    shard_set = open_shards(project / "data" / "shards")
+    shard_set.check_model(model_vocab_size=384, tokenizer_vocab_size=320)  # padded embedding: fine
+    with pytest.raises(ManifestError, match="manifest.json: .*smaller"):
+        shard_set.check_model(model_vocab_size=256)
+    with pytest.raises(ManifestError, match="manifest.json: .*vocab_size 320.*vocab_size 50257"):
+        shard_set.check_model(model_vocab_size=50304, tokenizer_vocab_size=50257)

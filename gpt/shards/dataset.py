@@ -32,6 +32,7 @@ from .format import HEADER_BYTES, ShardError, read_header
 from .manifest import (
     MANIFEST_NAME,
     ManifestError,
+    check_manifest,
     load_manifest,
     tokenizer_location,
     tokenizer_sha256,
@@ -70,6 +71,21 @@ class ShardSet:
 
     def has(self, name: str) -> bool:
         return bool(self.split(name))
+
+    def check_model(self, model_vocab_size: int, tokenizer_vocab_size: Optional[int] = None) -> None:
+        """With a manifest: the tokenizer's vocab size (when given) is the shards', and the model's
+        (possibly padded) embedding holds every id. The shards themselves were checked by open_shards."""
+        if self.manifest is None:
+            return
+        recorded = self.manifest["tokenizer"]["vocab_size"]
+        try:
+            check_manifest(
+                self.manifest,
+                recorded if tokenizer_vocab_size is None else tokenizer_vocab_size,
+                model_vocab_size=model_vocab_size,
+            )
+        except ManifestError as e:
+            raise ManifestError(f"{self.data_dir / MANIFEST_NAME}: {e}") from e
 
     def verify_contents(self, shard: Shard, vocab_size: Optional[int]) -> None:
         """Once per shard: every id < `vocab_size`, and the bytes hash to the manifest's sha256."""
