@@ -286,7 +286,7 @@ def build_parser() -> ArgumentParser:
         "reuses the stages whose inputs did not change.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--corpus", type=Path, default=None,
+    parser.add_argument("--corpus", type=Path, default=argparse.SUPPRESS,
                         help="UTF-8 text file to learn from (default: the bundled tinyshakespeare.txt)")  # fmt: skip
     parser.add_argument("--doc-sep", default=defaults.doc_sep,
                         help="documents are the blocks between these separators (escapes like \\n understood)")  # fmt: skip
@@ -322,7 +322,7 @@ def parse_config(argv: Optional[Sequence[str]]) -> PipelineConfig:
             "--val-fraction 0 leaves no validation split, which the loss curve needs: use e.g. 0.1"
         )
     values = {key: value for key, value in vars(args).items() if value is not None}
-    values["corpus"] = args.corpus if args.corpus is not None else samples.path("tinyshakespeare.txt")
+    values.setdefault("corpus", samples.path("tinyshakespeare.txt"))
     return PipelineConfig(**values)
 
 
