@@ -828,3 +828,16 @@ def test_an_interrupted_merge_is_finished_by_running_it_again(gpt2, corpus_files
     (merged_dir / first).write_bytes(b"something else")
     with pytest.raises(ManifestError, match="other contents"):
         merge_manifests([tmp_path / "worker_0000", tmp_path / "worker_0001"], merged_dir)
+
+
+def test_a_run_killed_before_its_first_progress_file_starts_afresh(gpt2, corpus_files, tmp_path):
+    from bpe_fast.files import write_marker
+
+    write_marker(tmp_path, "gpt.prepare")  # all such a run leaves
+    manifest = run_prepare(FileSource(corpus_files[:1], doc_sep="\n\n"), gpt2, tmp_path, shard_size=4_000)
+    assert manifest["num_documents"] == len(expected_docs(corpus_files[:1]))
+    other = tmp_path / "other"
+    other.mkdir()
+    write_marker(other, "lora.finetune")  # another tool's folder is still refused
+    with pytest.raises(UserError, match="already holds .bpe-fast-output.json"):
+        run_prepare(FileSource(corpus_files[:1], doc_sep="\n\n"), gpt2, other, shard_size=4_000)

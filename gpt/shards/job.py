@@ -323,7 +323,8 @@ def prepare(
             out_dir, len(progress.shards), progress.num_tokens, progress.resume_position.record_index,
         )  # fmt: skip
     else:
-        stray = [p.name for p in _our_files(out_dir)]
+        # Our own marker alone: a run killed before its first progress file; it starts afresh.
+        stray = [p.name for p in _our_files(out_dir) if p.name != MARKER_NAME or marker_tool(out_dir) != TOOL]
         if stray:
             raise UserError(
                 f"--out {out_dir} already holds {', '.join(stray[:3])}: pass --overwrite to replace them, "
