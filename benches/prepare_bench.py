@@ -6,7 +6,8 @@ Both sides tokenize the same documents (each .txt of corpora/en and corpora/zh s
 with GPT-2's vocab and write uint16 llm.c shards of 100M tokens; the bench checks that the two token
 streams are identical, so they did the same work.
 
-- gpt.prepare: `python -m gpt.prepare --files ... --doc-sep '\\n\\n' --tokenizer gpt2` (bpe_fast, threads).
+- gpt.prepare: `python -m gpt.prepare --files ... --doc-sep '\\n\\n' --tokenizer gpt2 --val-fraction 0`
+  (bpe_fast, threads; no val split, so its one stream compares with build-nanogpt's).
 - build-nanogpt (fineweb.py): tiktoken's gpt2 built from the bundled encoder.json/vocab.bpe in a
   `multiprocessing.Pool` with `imap(tokenize, docs, chunksize=16)`, each doc -> [eot] + encode_ordinary
   -> uint16 array, copied into a shard buffer. build-nanogpt uses cpu_count()//2 processes; we also run
@@ -190,7 +191,9 @@ def main() -> int:
         return 0
     try:
         sys.path[:0] = [str(REPO), str(REPO / "python")]
-        from bpe_fast import _core  # noqa: F401
+        import bpe_fast
+
+        bpe_fast.Tokenizer.gpt2()
     except ImportError as e:
         print(f"skipped: bpe_fast's Rust core is not built ({e})")
         return 0
@@ -206,7 +209,8 @@ def main() -> int:
         def ours(name, copies, shard_size, runs):
             out = tmp / name
             argv = ["gpt.prepare", "--files", *map(str, corpus[copies]), "--doc-sep", "\\n\\n", "--tokenizer",
-                    "gpt2", "--out", str(out), "--shard-size", str(shard_size), "--no-progress", "-q", "--overwrite"]  # fmt: skip
+                    "gpt2", "--out", str(out), "--shard-size", str(shard_size), "--val-fraction", "0", "--no-progress", "-q",
+                    "--overwrite"]  # fmt: skip
             return [measure(argv, module="gpt.prepare") for _ in range(runs)], out
 
         def theirs(name, copies, nprocs, shard_size, runs):

@@ -1,4 +1,7 @@
-"""Token shards for training: listing, validation, manifest checks and a DDP-aware resumable loader.
+"""Token shards for training: the DDP-aware resumable loader, and the data-side names train.py uses.
+
+Which shards a run reads, how they are checked and which tokenizer goes with them is decided once by
+`open_shards` / `resolve_tokenizer` (gpt/shards/dataset.py); the loaders read from that `ShardSet`.
 
 Every rank reads its own slice of each global batch, as in build-nanogpt: the global position advances
 by B*T*world_size per step and rank r reads B*T+1 tokens starting at position + r*B*T. The loader's
@@ -8,30 +11,32 @@ state (epoch, shard, position) is the same on every rank, so one state saved by 
 from __future__ import annotations
 
 import os
-import re
+import sys
 from pathlib import Path
+from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
 
-from gpt.manifest import MANIFEST_NAME, ManifestError, load_manifest, verify_shards
-from gpt.manifest import check_manifest as _check_manifest
-from gpt.shards import ShardError, read_header, read_shard, write_shard
+from gpt.shards.dataset import Shard, ShardSet, list_shard_files, open_shards, resolve_tokenizer
+from gpt.shards.format import ShardError, read_header, read_shard, write_shard
+from gpt.shards.manifest import MANIFEST_NAME, ManifestError, load_manifest, verify_shards
+from gpt.shards.manifest import check_manifest as _check_manifest
 
 __all__ = [
     "ManifestError",
     "ShardError",
     "ShardLoader",
+    "ShardSet",
     "check_manifest",
     "list_shards",
+    "open_shards",
     "read_manifest",
     "read_shard",
+    "resolve_tokenizer",
     "validate_shards",
     "write_shard",
 ]
-
-# Reading a huge shard's maximum in blocks keeps the memory use flat however big the shard is.
-_MAX_SCAN_BLOCK = 1 << 26
 
 
 def list_shards(data_dir: str | os.PathLike, split: str) -> list[Path]:
@@ -39,32 +44,21 @@ def list_shards(data_dir: str | os.PathLike, split: str) -> list[Path]:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"shard folder {data_dir} does not exist")
-    pattern = re.compile(rf"{re.escape(split)}_(\d+)\.bin")
-    found = []
-    for path in data_dir.iterdir():
-        match = pattern.fullmatch(path.name)
-        if match and path.is_file():
-            found.append((int(match.group(1)), path))
+    found = [path for _, path in list_shard_files(data_dir, split)]
     if not found:
         raise FileNotFoundError(f"no '{split}_*.bin' shards in {data_dir}")
-    return [path for _, path in sorted(found)]
+    return found
 
 
 def validate_shards(paths: list[Path], vocab_size: int | None = None) -> list[int]:
     """Checks every shard's header and file size, and (when `vocab_size` is given) that no id reaches it.
 
-    Returns the token counts. The id check reads each shard once through a memory map.
-    """
+    Returns the token counts."""
     counts = []
+    check = ShardSet(Path("."), None)
     for path in paths:
-        _, count = read_header(path)
-        if vocab_size is not None and count:
-            tokens = read_shard(path, mmap=True)
-            largest = max(
-                int(tokens[i : i + _MAX_SCAN_BLOCK].max()) for i in range(0, count, _MAX_SCAN_BLOCK)
-            )
-            if largest >= vocab_size:
-                raise ShardError(f"{path}: token id {largest} is out of range for vocab size {vocab_size}")
+        dtype, count = read_header(path)
+        check.verify_contents(Shard(Path(path), "", count, dtype), vocab_size)
         counts.append(count)
     return counts
 
@@ -98,8 +92,17 @@ def check_manifest(
         raise ManifestError(f"{where}: {e}") from e
 
 
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 class ShardLoader:
     """Yields (x, y) int64 batches of shape (B, T) for one rank, deterministically and resumably.
+
+    `data` is a `ShardSet` from `open_shards` (pass the same one to the train and val loaders: every
+    header is read once) or a folder, opened here. Each shard's ids (< `vocab_size`) and, with a
+    manifest, its sha256 are checked when it is first loaded; the error names the shard. A shard too
+    small for one global step is skipped, and all skipped shards are named in one `notify` line.
 
     shuffle=True permutes, per epoch and with an RNG seeded by (seed, epoch), the order of the shards
     and the order of the documents inside each shard (a document starts at `eot_id`; the piece before
@@ -108,7 +111,7 @@ class ShardLoader:
 
     def __init__(
         self,
-        data_dir: str | os.PathLike,
+        data: Union[ShardSet, str, os.PathLike],
         split: str,
         B: int,
         T: int,
@@ -120,25 +123,35 @@ class ShardLoader:
         eot_id: int | None = None,
         vocab_size: int | None = None,
         validate: bool = True,
+        notify: Optional[Callable[[str], None]] = _stderr,
     ):
         if B < 1 or T < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"bad loader geometry B={B} T={T} rank={rank} world_size={world_size}")
         if shuffle and eot_id is None:
             raise ValueError("shuffle=True needs eot_id to find document boundaries")
-        self.data_dir, self.split = Path(data_dir), split
+        self.shard_set = data if isinstance(data, ShardSet) else open_shards(data, notify)
+        self.data_dir, self.split = self.shard_set.data_dir, split
         self.B, self.T, self.rank, self.world_size = B, T, rank, world_size
         self.seed, self.shuffle, self.eot_id = seed, shuffle, eot_id
-        self.paths = list_shards(data_dir, split)
-        counts = (
-            validate_shards(self.paths, vocab_size) if validate else [read_header(p)[1] for p in self.paths]
-        )
+        self.vocab_size, self.validate = vocab_size, validate
+        self.shards = self.shard_set.split(split)
+        if not self.shards:
+            raise FileNotFoundError(f"no '{split}_*.bin' shards in {self.data_dir}")
+        self.paths = [shard.path for shard in self.shards]
+        counts = [shard.tokens for shard in self.shards]
         self.step_tokens = B * T * world_size
         # A shard too small for one global step (+1 for the shifted targets) is skipped, not half-read.
         self.usable = [i for i, n in enumerate(counts) if n >= self.step_tokens + 1]
         if not self.usable:
-            raise ValueError(
+            raise ShardError(
                 f"{self.data_dir}: no '{split}' shard holds the {self.step_tokens + 1} tokens one step needs "
                 f"(B*T*world_size+1); the largest has {max(counts)}. Lower B or T, or write bigger shards"
+            )
+        skipped = [f"{self.paths[i].name} ({n} tokens)" for i, n in enumerate(counts) if i not in self.usable]
+        if skipped and notify is not None:
+            notify(
+                f"warning: skipping {len(skipped)} '{split}' shard(s) smaller than one step of "
+                f"{self.step_tokens + 1} tokens: {', '.join(skipped[:10])}{' ...' if len(skipped) > 10 else ''}"
             )
         self.counts = counts
         self._cache_key: tuple[int, int] | None = None
@@ -162,6 +175,8 @@ class ShardLoader:
         shard = self._shard_index()
         key = (self.epoch if self.shuffle else 0, shard)
         if key != self._cache_key:
+            if self.validate:
+                self.shard_set.verify_contents(self.shards[shard], self.vocab_size)
             tokens = read_shard(self.paths[shard], mmap=True)
             if self.shuffle:
                 tokens = self._shuffle_documents(np.asarray(tokens), self.epoch, shard)

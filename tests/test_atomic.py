@@ -54,16 +54,19 @@ def test_atomic_path_refuses_a_directory(tmp_path):
 
 def test_gpt_writers_give_readable_files(tmp_path, umask_022):
     pytest.importorskip("matplotlib")
-    from gpt.manifest import write_json_atomic
     from gpt.plot import plot
-    from gpt.shards import write_shard
+    from gpt.shards import write_manifest, write_shard
 
-    write_json_atomic(tmp_path / "manifest.json", {"a": 1})
+    manifest = {
+        "format": "bpe-fast-shards", "version": 2, "dtype": "uint16", "num_tokens": 0, "num_documents": 0,
+        "tokenizer": {"spec": "gpt2", "vocab_size": 50257}, "shards": [],
+    }  # fmt: skip
+    write_manifest(tmp_path, manifest)
     write_shard(tmp_path / "shard.bin", np.arange(10, dtype=np.uint16), vocab_size=50304)
     records = [{"step": s, "train_loss": 5.0 - s * 0.1, "val_loss": 5.0 - s * 0.1} for s in range(5)]
     plot(records, tmp_path / "loss.png", "t")
     for name in ("manifest.json", "shard.bin", "loss.png"):
         assert mode(tmp_path / name) == 0o644, name
-    assert json.loads((tmp_path / "manifest.json").read_text()) == {"a": 1}
+    assert json.loads((tmp_path / "manifest.json").read_text()) == manifest
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loss.png", "manifest.json", "shard.bin"]

@@ -187,13 +187,17 @@ def test_truncated_shard_fails_at_start_naming_it(shard_dir):
         ShardLoader(shard_dir, "train", 2, 8)
 
 
-def test_ids_beyond_vocab_fail_at_start_naming_the_shard(shard_dir):
+def test_ids_beyond_vocab_fail_when_the_shard_is_loaded_naming_it(shard_dir):
     tokens = make_stream(2500, seed=3)
     tokens[1234] = 600
     write_shard(shard_dir / "train_000002.bin", tokens, vocab_size=1000)
+    loader = ShardLoader(shard_dir, "train", 2, 8, vocab_size=500)  # headers only at start
     with pytest.raises(ShardError, match="train_000002.bin.*600.*vocab size 500"):
-        ShardLoader(shard_dir, "train", 2, 8, vocab_size=500)
-    ShardLoader(shard_dir, "train", 2, 8, vocab_size=601)  # in range: accepted
+        for _ in range(400):  # shard 1 (clean) is read first, then shard 2
+            loader.next_batch()
+    loader = ShardLoader(shard_dir, "train", 2, 8, vocab_size=601)  # in range: accepted
+    for _ in range(400):
+        loader.next_batch()
 
 
 # -------------------------------------------------------------------------------------------- manifest

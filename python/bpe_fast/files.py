@@ -34,7 +34,7 @@ import socket
 import stat
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Union
+from typing import Callable, Iterable, Iterator, Optional, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -148,6 +148,29 @@ def remove_stale_temps(target: PathLike) -> list[Path]:
                 except FileNotFoundError:
                     pass
             removed.append(path)
+    return removed
+
+
+def temp_target(name: str) -> Optional[str]:
+    """The target name a temp made by this module was for (".{target}.{host}-{pid}.{token}.bpefast-tmp",
+    maybe followed by a suffix), or None when `name` is not such a temp."""
+    cut = name.rfind(TEMP_SUFFIX)
+    if not name.startswith(".") or cut < 0:
+        return None
+    parts = name[1:cut].rsplit(".", 2)  # host and pid have no dots (see _HOST), the token is hex
+    return parts[0] if len(parts) == 3 and parts[0] else None
+
+
+def remove_stale_temps_in(folder: PathLike, is_target: Callable[[str], bool]) -> list[Path]:
+    """`remove_stale_temps` for every target in `folder` whose name `is_target` accepts: for a job that
+    writes many files (numbered shards, say) and on restart may not write each name again."""
+    removed: list[Path] = []
+    try:
+        names = {temp_target(entry.name) for entry in os.scandir(folder)}
+    except OSError:
+        return removed
+    for target in sorted(n for n in names if n is not None and is_target(n)):
+        removed += remove_stale_temps(Path(folder) / target)
     return removed
 
 
@@ -399,5 +422,7 @@ __all__ = [
     "marker_tool",
     "recover_dir",
     "remove_stale_temps",
+    "remove_stale_temps_in",
+    "temp_target",
     "write_marker",
 ]

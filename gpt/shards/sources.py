@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
+from bpe_fast.cliutil import UserError
+
 SKIP_REASONS = (
     "empty",
     "too_large",
@@ -75,18 +77,19 @@ def expand_files(patterns: Sequence[str]) -> list[Path]:
         if glob.has_magic(pattern):
             matches = sorted(glob.glob(pattern, recursive=True))
             if not matches:
-                raise FileNotFoundError(f"--files {pattern!r} matches no file")
+                raise UserError(f"--files {pattern!r} matches no file; check the path and quote the glob")
         else:
             matches = [pattern]
         for match in matches:
             path = Path(os.path.normpath(match))
             if not path.is_file():
-                raise FileNotFoundError(f"--files {match!r}: not a file")
+                what = "a folder; give the files in it, e.g. 'DIR/*.txt'" if path.is_dir() else "no such file"
+                raise UserError(f"--files {match!r}: {what}")
             if path not in seen:
                 seen.add(path)
                 files.append(path)
     if not files:
-        raise FileNotFoundError("no input files given")
+        raise UserError("no input files given: pass --files GLOB")
     return files
 
 
@@ -135,15 +138,15 @@ class FileSource:
         input_format: str = "auto",
     ):
         if not 0 <= worker < num_workers:
-            raise ValueError(f"--worker {worker} must be in 0..{num_workers - 1}")
+            raise UserError(f"--worker {worker} must be in 0..{num_workers - 1}")
         if doc_sep == "":
-            raise ValueError("--doc-sep must not be empty")
+            raise UserError("--doc-sep must not be empty")
         files = [Path(f) for f in files]
         self.formats = {}
         for path in files:
             fmt = input_format if input_format != "auto" else FORMATS.get(path.suffix.lower())
             if fmt not in FORMATS.values():
-                raise ValueError(
+                raise UserError(
                     f"{path}: unknown input format (supported: .txt, .jsonl, .parquet; or give --input-format)"
                 )
             self.formats[path] = fmt
@@ -326,6 +329,14 @@ def _jsonl_units(path: Path, max_doc_bytes: int) -> Iterator[tuple[object, str, 
 _MISSING_COLUMN = object()
 
 
+def _hf_offline() -> Optional[str]:
+    """The HF offline variable that is set to a true value, if any."""
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on"):
+            return name
+    return None
+
+
 def _parquet_units(path: Path, text_field: str, skip: int) -> Iterator[tuple[object, str, int]]:
     import pyarrow.parquet as pq
 
@@ -370,7 +381,7 @@ class HubSource:
         num_workers: int = 1,
     ):
         if not 0 <= worker < num_workers:
-            raise ValueError(f"--worker {worker} must be in 0..{num_workers - 1}")
+            raise UserError(f"--worker {worker} must be in 0..{num_workers - 1}")
         self.dataset, self.name, self.split = dataset, name, split
         self.text_field, self.max_doc_bytes = text_field, max_doc_bytes
         self.worker, self.num_workers = worker, num_workers
@@ -402,24 +413,39 @@ class HubSource:
         return self._by_file() or row % self.num_workers == self.worker
 
     def open(self):
-        """Connects to the dataset now (the CLI calls it first, so an offline run fails before any work)."""
-        if self._stream is None:
-            try:
-                import datasets
-            except ImportError as e:
-                raise RuntimeError("--dataset needs the `datasets` package: pip install datasets") from e
-            try:
-                self._stream = datasets.load_dataset(
-                    self.dataset, name=self.name, split=self.split, streaming=True
-                )
-            except Exception as e:  # datasets raises many kinds (ConnectionError, FileNotFoundError, ...)
-                offline = os.environ.get("HF_DATASETS_OFFLINE") or os.environ.get("HF_HUB_OFFLINE")
-                raise RuntimeError(
-                    f"cannot open dataset {self.dataset!r} (name={self.name!r}, split={self.split!r}): "
-                    f"{type(e).__name__}: {e}. Streaming from the Hugging Face hub needs network access"
-                    f"{' (HF offline mode is set)' if offline else ''}; offline, download the files elsewhere "
-                    "and pass them with --files (jsonl/parquet)."
-                ) from e
+        """Connects to the dataset now (the CLI calls it first, so an offline run fails before any work).
+
+        A name that looks like a local path never reaches the network: if it does not exist, that is
+        the error. In HF offline mode (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) a hub name is refused at
+        once, without waiting for `datasets` to import and give up."""
+        if self._stream is not None:
+            return self._stream
+        # Hub names are NAME or OWNER/NAME; anything else (./x, /x, ~/x, a/b/c, an existing path) is local.
+        name = self.dataset
+        looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).exists()
+        if looks_local and not Path(self.dataset).expanduser().exists():
+            raise UserError(f"--dataset {self.dataset!r}: no such local folder (a hub name is OWNER/NAME)")
+        offline = _hf_offline()
+        if offline and not looks_local:
+            raise UserError(
+                f"--dataset {self.dataset!r} streams from the Hugging Face hub, but {offline} is set (no "
+                "network): download the files elsewhere and pass them with --files (jsonl/parquet)"
+            )
+        try:
+            import datasets
+        except ImportError as e:
+            raise UserError("--dataset needs the `datasets` package: pip install datasets") from e
+        try:
+            self._stream = datasets.load_dataset(
+                self.dataset, name=self.name, split=self.split, streaming=True
+            )
+        except Exception as e:  # datasets raises many kinds (ConnectionError, FileNotFoundError, ...)
+            first_line = (str(e).strip().splitlines() or [""])[0][:300]
+            raise UserError(
+                f"cannot open dataset {self.dataset!r} (name={self.name!r}, split={self.split!r}): streaming "
+                "from the Hugging Face hub needs network access; offline, download the files elsewhere and "
+                f"pass them with --files (jsonl/parquet) [{type(e).__name__}: {first_line}]"
+            ) from e
         return self._stream
 
     def _split_info(self):

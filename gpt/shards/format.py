@@ -6,11 +6,14 @@ uint16 for magic 20240520 / version 1, uint32 for magic 20240801 / version 7 (vo
 
 from __future__ import annotations
 
+import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from bpe_fast.cliutil import UserError
 from bpe_fast.files import atomic_path
 
 HEADER_INTS = 256
@@ -20,8 +23,19 @@ MAGIC_U32, VERSION_U32 = 20240801, 7
 _FORMATS = {(MAGIC_U16, VERSION_U16): np.dtype("<u2"), (MAGIC_U32, VERSION_U32): np.dtype("<u4")}
 
 
-class ShardError(ValueError):
-    """A shard file that is not a valid llm.c token shard (the message names the file)."""
+class ShardError(UserError, ValueError):
+    """A shard file that is not a valid llm.c token shard, or not the one expected (the message names
+    the file). A UserError: entry points report it in one line."""
+
+
+@dataclass(frozen=True)
+class WrittenShard:
+    """What `write_shard` wrote: enough for a manifest to recognise the file later."""
+
+    path: Path
+    tokens: int
+    bytes: int
+    sha256: str
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -29,8 +43,8 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype("<u2") if vocab_size <= 2**16 else np.dtype("<u4")
 
 
-def write_shard(path: str | os.PathLike, tokens, vocab_size: int | None = None) -> None:
-    """Writes `tokens` atomically (temp file + rename) as an llm.c shard.
+def write_shard(path: str | os.PathLike, tokens, vocab_size: int | None = None) -> WrittenShard:
+    """Writes `tokens` atomically (bpe_fast.files: temp file + rename) as an llm.c shard.
 
     The width is uint16 when `vocab_size` (or, if not given, the largest id + 1) fits, else uint32.
     Ids are range-checked before the cast: numpy would wrap them silently.
@@ -55,9 +69,23 @@ def write_shard(path: str | os.PathLike, tokens, vocab_size: int | None = None) 
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[0], header[1], header[2] = magic, version, tokens.size
     path.parent.mkdir(parents=True, exist_ok=True)
+    head = header.tobytes()
+    body = memoryview(np.ascontiguousarray(tokens, dtype=dtype)).cast("B")  # no extra copy of the tokens
     with atomic_path(path) as temp_name, open(temp_name, "wb") as f:
-        f.write(header.tobytes())
-        f.write(tokens.astype(dtype, copy=False).tobytes())
+        f.write(head)
+        f.write(body)
+    digest = hashlib.sha256(head)
+    digest.update(body)
+    return WrittenShard(path, int(tokens.size), len(head) + body.nbytes, digest.hexdigest())
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in blocks (shards can be hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_header(path: str | os.PathLike) -> tuple[np.dtype, int]:
