@@ -21,12 +21,12 @@ of the matmul weights on the fly. So per parameter:
 
 Activations (eager PyTorch, no dropout, bf16 autocast: matmul inputs and outputs in bf16, the residual
 stream and LayerNorm inputs in fp32; see `block_activation_bytes` for the tensor-by-tensor count):
-    per block           38 B T d   (68 B T d in fp32)
+    per block           36 B T d   (64 B T d in fp32)
     embeddings, ln_f     6 B T d   (8 in fp32)
     loss                 4 B T V saved (fp32 log-softmax) + 8 B T V more at its backward, and the
                          bf16 logits (2 B T V) that forward returns
     activation checkpointing keeps only each block's fp32 input (4 B T d per block) and recomputes one
-    block at a time in backward (38 B T d once).
+    block at a time in backward (36 B T d once).
 torch.compile (the GPT-2 presets turn it on) fuses much of this, notably the loss, so measured peaks
 are usually lower; CUDA context and allocator fragmentation add ~1-3 GiB. Plan with ~10% headroom.
 """
@@ -99,12 +99,14 @@ def block_activation_bytes(tokens: int, n_embd: int, bf16: bool = True) -> int:
     """Bytes one block keeps for backward for `tokens` = B*T positions.
 
     bf16 autocast, per position, in units of d (bytes): attention: LayerNorm input (fp32, 4), c_attn
-    input (bf16 cast, 2), q/k/v (one 3d bf16 tensor, 6), attention output (2), its contiguous copy that
-    c_proj reads (2); MLP: LayerNorm input (4), c_fc input (2), GELU input (4d, 8), GELU output (4d, 8):
-    38. In fp32 everything is 4 bytes: 4+4+12+4+4 + 4+4+16+16 = 68. Flash / memory-efficient attention
-    keeps no T x T matrix.
+    input (bf16 cast, 2), q/k/v (one 3d bf16 tensor, 6), attention output (2; SDPA returns it in
+    (B, T, heads, head_dim) memory order, so the `.contiguous()` before c_proj copies nothing and c_proj
+    saves the same tensor); MLP: LayerNorm input (4), c_fc input (2), GELU input (4d, 8), GELU output
+    (4d, 8): 36. In fp32 everything is 4 bytes: 4+4+12+4 + 4+4+16+16 = 64. Flash / memory-efficient
+    attention keeps no T x T matrix, only a logsumexp per head and position (and LayerNorm a mean and
+    rstd per position), left out here. tests/test_gpt_memory.py counts what autograd saves and checks this.
     """
-    return (38 if bf16 else 68) * tokens * n_embd
+    return (36 if bf16 else 64) * tokens * n_embd
 
 
 def activation_bytes(shape: Shape, batch: int, checkpointing: bool, bf16: bool = True) -> int:
