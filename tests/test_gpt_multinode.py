@@ -192,3 +192,59 @@ def test_two_nodes_train_resume_and_match_standalone(tmp_path, data, strategy):
         assert (a[name] - b[name]).abs().max().item() <= 1e-6, name
     meta = json.loads((nodes / final / "meta.json").read_text())
     assert meta["world_size"] == 2 and len(meta["rng"]) == 2
+
+
+FAKE_SRUN = """#!/usr/bin/env bash
+# Stands in for srun on one machine: drops srun's own --options and runs the command once per "node"
+# (SLURM_NNODES of them) in parallel, as srun --ntasks-per-node=1 would on an allocation.
+while [[ "$1" == --* ]]; do shift; done
+pids=()
+for ((node = 0; node < SLURM_NNODES; node++)); do
+    SLURM_NODEID=$node SLURM_PROCID=$node "$@" &
+    pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+exit $status
+"""
+FAKE_SCONTROL = f"""#!/usr/bin/env bash
+# 'scontrol show hostnames LIST': every fake node is this machine's loopback address.
+echo {LOOPBACK}
+"""
+
+
+@pytest.mark.slow
+def test_slurm_example_script_trains_on_two_fake_nodes(tmp_path, data):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    out = tmp_path / "run"
+    env = launch_env()
+    env.update(
+        PATH=f"{bin_dir}{os.pathsep}{env['PATH']}",
+        SLURM_JOB_ID="4242",
+        SLURM_NNODES="2",
+        SLURM_JOB_NODELIST="node[1-2]",
+        SLURM_SUBMIT_DIR=str(REPO),
+        RDZV_PORT=str(free_port()),
+        GPUS_PER_NODE="1",
+        PYTHON=sys.executable,
+        PRESET="tiny-cpu",
+        DATA=str(data),
+        OUT=str(out),
+    )
+    result = subprocess.run(
+        ["bash", str(REPO / "scripts" / "slurm_gpt2.sbatch"), *TRAIN],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"rendezvous {LOOPBACK}:" in result.stdout and "world 2" in result.stdout
+    assert [step for step, _ in losses(out)] == [0, 1, 2, 3]
+    assert sorted(p.name for p in out.glob("ckpt_*")) == ["ckpt_0000004"]
+    assert "--resume: no complete checkpoint" in result.stdout  # the script always resumes; fresh here
