@@ -12,7 +12,11 @@ It stands in for `gpt.train --fsdp` until the trainer has it. fp32 throughout (C
 
 Peak memory is VmHWM from /proc/self/status (the process's own high-water mark; getrusage's ru_maxrss
 would carry the torchrun agent's over exec). The baseline is the resident size after imports, before
-the model is built, so peak - baseline is what training added.
+the model is built, so peak - baseline is what training added. `memory` launches the workers with
+MALLOC_MMAP_THRESHOLD_=65536 (glibc), so that freed tensors leave the resident set. Every rank builds the whole fp32 model
+before sharding it (as gpt.train will), so the peak includes one full model under FSDP too; the
+resident size after setup and after the steps (taken after malloc_trim, so that memory glibc keeps
+but no tensor uses is not counted) shows what each rank holds while it trains.
 """
 
 from __future__ import annotations
@@ -43,6 +47,17 @@ def _status_mib(field: str) -> float | None:
     except OSError:
         pass
     return None
+
+
+def held_rss_mib() -> float | None:
+    """The resident size once glibc has returned the free memory it keeps (malloc_trim; Linux/glibc)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    return _status_mib("VmRSS")
 
 
 def peak_rss_mib() -> float:
@@ -150,6 +165,7 @@ def cmd_worker(args) -> int:
         raise ValueError(f"--resume-at must be between 1 and --steps - 1, got {resume_at}")
 
     raw, model, optimizer = build(cfg, vocab, args.mode, cfg.seed)
+    after_setup = held_rss_mib()
     losses, norms = [], []
     started = time.perf_counter()
     for step in range(args.steps):
@@ -165,13 +181,20 @@ def cmd_worker(args) -> int:
         losses.append(loss)
         norms.append(norm)
     seconds = time.perf_counter() - started
+    after_steps, peak = held_rss_mib(), peak_rss_mib()  # before the full state dict is gathered
     if args.checkpoint and resume_at is None and args.mode != "ddp":
         save_sharded(args.checkpoint, model, optimizer)
     full = full_model_state_dict(model) if args.mode != "ddp" else raw.state_dict()
     # What this rank holds: all of every parameter under DDP, its shard under FSDP.
     local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in model.parameters())
     peaks = [None] * world
-    mine = {"baseline_rss_mib": baseline, "peak_rss_mib": peak_rss_mib(), "local_params": local}
+    mine = {
+        "baseline_rss_mib": baseline,
+        "peak_rss_mib": peak,
+        "after_setup_rss_mib": after_setup,
+        "after_steps_rss_mib": after_steps,
+        "local_params": local,
+    }
     dist.all_gather_object(peaks, mine)
     if rank == 0:
         from bpe_fast.files import atomic_path, atomic_write_json
@@ -205,6 +228,10 @@ def run_worker(mode: str, out: Path, extra: list[str], nproc: int = 2, timeout: 
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
+    # glibc serves allocations of 64 KiB and more with mmap, so a freed tensor leaves the resident set at
+    # once and VmHWM follows the live tensors, not what the allocator keeps cached (which at the default,
+    # adaptive threshold made FSDP's peak look like DDP's).
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
         str(REPO / "benches" / "fsdp_cpu.py"), "worker", "--mode", mode, "--out", str(out), *extra,
@@ -221,21 +248,27 @@ def cmd_memory(args) -> int:
         if getattr(args, flag):
             extra += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     lines = [
-        "| mode | ranks | params | steps | s | peak RSS MiB per rank | baseline MiB | peak - baseline MiB |",
+        "| mode | ranks | params | steps | s | peak RSS MiB per rank | held after setup | held after steps |",
         "|---|---:|---:|---:|---:|---|---|---|",
     ]
+
+    def per_rank(record, key):
+        return " / ".join(f"{r[key] - r['baseline_rss_mib']:.0f}" for r in record["ranks"])
+
     with tempfile.TemporaryDirectory() as tmp:
         for mode in args.modes:
             record = run_worker(mode, Path(tmp) / f"{mode}.json", extra, nproc=args.nproc)
-            peaks = [r["peak_rss_mib"] for r in record["ranks"]]
-            bases = [r["baseline_rss_mib"] for r in record["ranks"]]
             lines.append(
                 f"| {mode} | {record['world_size']} | {record['params'] / 1e6:.2f}M | {args.steps} | "
-                f"{record['seconds']:.1f} | {' / '.join(f'{p:.0f}' for p in peaks)} | "
-                f"{' / '.join(f'{b:.0f}' for b in bases)} | "
-                f"{' / '.join(f'{p - b:.0f}' for p, b in zip(peaks, bases))} |"
+                f"{record['seconds']:.1f} | {per_rank(record, 'peak_rss_mib')} | "
+                f"{per_rank(record, 'after_setup_rss_mib')} | {per_rank(record, 'after_steps_rss_mib')} |"
             )
             print(f"{mode}: final loss {record['losses'][-1]:.4f}", file=sys.stderr, flush=True)
+    baseline = record["ranks"][0]["baseline_rss_mib"]
+    lines.append(
+        f"\nMiB per rank (rank 0 / rank 1) above the baseline after imports ({baseline:.0f} MiB); held: "
+        "resident after malloc_trim."
+    )
     print("\n".join(lines))
     return 0
 

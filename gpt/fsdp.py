@@ -12,6 +12,9 @@ every parameter, gradient and optimizer state as DTensor shards; a block's full 
 while it runs (all-gathered before, freed after, `reshard_after_forward`). Gradients are reduce-scattered
 and averaged over ranks, as DDP averages them, so the same data and seed give the same training.
 
+`checkpoint_activations(model)` (what `activation_checkpointing=True` applies) also works on its own, for
+a plain or DDP-wrapped GPT.
+
 Checkpoints (all functions below are collectives: every rank calls them with the same arguments):
 - `save_sharded(directory, model, optimizer)` writes each rank's shards of the model and optimizer
   state with DCP (`.metadata` + one `__R_0.distcp` file per rank). `directory` must be the same path on
@@ -92,16 +95,23 @@ class FSDPOptions:
         return MixedPrecisionPolicy(param_dtype=param, reduce_dtype=reduce)
 
 
-def _checkpoint_block(block: torch.nn.Module) -> None:
-    """Recompute `block` in backward. The wrapper replaces the instance's forward (not the module), so
-    parameter names, state dicts and checkpoints are the same with and without checkpointing; FSDP's
-    hooks run around the call as before and gather the parameters again for the recomputation."""
-    inner = block.forward
+def checkpoint_activations(model: torch.nn.Module) -> torch.nn.Module:
+    """Makes every transformer block of a GPT recompute its activations in backward (plain, DDP or
+    FSDP alike; for FSDP call it before sharding, as `shard_model` does). Each block's instance gets a
+    forward that runs the original one under torch.utils.checkpoint; the module tree is untouched, so
+    parameter names, state dicts and checkpoints are the same with and without it, and FSDP's hooks run
+    around the call as before and gather the parameters again for the recomputation."""
+    for block in model.transformer.h:
+        if getattr(block, "_recomputes_activations", False):
+            continue
+        inner = block.forward
 
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return checkpoint(inner, x, use_reentrant=False)
+        def forward(x: torch.Tensor, inner=inner) -> torch.Tensor:
+            return checkpoint(inner, x, use_reentrant=False)
 
-    block.forward = forward
+        block.forward = forward
+        block._recomputes_activations = True
+    return model
 
 
 def shard_model(model: torch.nn.Module, options: FSDPOptions = FSDPOptions(), mesh=None) -> torch.nn.Module:
@@ -112,9 +122,9 @@ def shard_model(model: torch.nn.Module, options: FSDPOptions = FSDPOptions(), me
     if is_sharded(model):
         raise ValueError("the model is already sharded")
     policy = options.mixed_precision()
+    if options.activation_checkpointing:
+        checkpoint_activations(model)
     for block in model.transformer.h:
-        if options.activation_checkpointing:
-            _checkpoint_block(block)
         fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=options.reshard_after_forward)
     # The root keeps the embeddings, the tied head and ln_f. FSDP leaves a root's parameters gathered
     # after forward (backward needs them at once), whatever reshard_after_forward says.

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from gpt.fsdp import (
     FSDPOptions,
     check_shared_directory,
+    checkpoint_activations,
     full_model_state_dict,
     gradient_sync,
     load_full_model_state,
@@ -195,6 +196,34 @@ def test_save_and_load_sharded_round_trip_with_optimizer(tmp_path):
 def test_check_shared_directory_passes_for_a_local_folder(tmp_path):
     check_shared_directory(tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == []  # the probe file is removed
+
+
+@pytest.mark.usefixtures("single_torch_thread")
+def test_checkpoint_activations_on_a_plain_model_saves_less_and_computes_the_same():
+    def run(model):
+        saved = []
+
+        def pack(tensor):
+            saved.append(tensor.untyped_storage().nbytes())
+            return tensor
+
+        x = torch.randint(0, 60, (4, 16), generator=torch.Generator().manual_seed(0))
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            _, loss = model(x, x)
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}, sum(saved)
+
+    torch.manual_seed(0)
+    plain = GPT(small_config())
+    torch.manual_seed(0)
+    recomputing = checkpoint_activations(GPT(small_config()))
+    assert checkpoint_activations(recomputing) is recomputing  # applying twice changes nothing
+    loss, grads, saved = run(plain)
+    loss_ac, grads_ac, saved_ac = run(recomputing)
+    assert loss_ac == loss and grads_ac.keys() == grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_ac[name], grad, atol=1e-7, rtol=0)
+    assert saved_ac < saved / 2  # the blocks' activations are no longer kept for backward
 
 
 def test_shard_model_needs_a_process_group():
