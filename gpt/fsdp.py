@@ -73,7 +73,8 @@ class FSDPOptions:
     activation_checkpointing: keep only each block's input in forward and recompute the block in
         backward (less activation memory for ~1/3 more compute).
     reshard_after_forward: free each block's gathered parameters after its forward and gather them again
-        for backward (ZeRO-3 memory); False keeps them until backward (ZeRO-2 memory, less traffic).
+        for backward (ZeRO-3 memory); False keeps them until backward (ZeRO-2 memory, less traffic). The
+        root group (embeddings, tied head, ln_f) always stays gathered from forward to backward.
     """
 
     param_dtype: Optional[str] = None
@@ -126,9 +127,9 @@ def shard_model(model: torch.nn.Module, options: FSDPOptions = FSDPOptions(), me
         checkpoint_activations(model)
     for block in model.transformer.h:
         fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=options.reshard_after_forward)
-    # The root keeps the embeddings, the tied head and ln_f. FSDP leaves a root's parameters gathered
-    # after forward (backward needs them at once), whatever reshard_after_forward says.
-    fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=options.reshard_after_forward)
+    # The root holds the embeddings, the tied head and ln_f. Its parameters stay gathered after forward:
+    # backward starts with the head, so freeing them would only mean gathering them again at once.
+    fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=False)
     return model
 
 
