@@ -248,13 +248,20 @@ def main(argv: list[str] | None = None) -> int:
         "--preset",
         nargs="+",
         default=list(DEFAULT_PRESETS),
-        help="presets to tabulate (names or .json paths)",
+        help=f"presets to tabulate, names or .json paths (default: {' '.join(DEFAULT_PRESETS)})",
     )
     parser.add_argument(
-        "--ranks", nargs="+", type=positive_int, default=list(DEFAULT_RANKS), help="world sizes"
+        "--ranks",
+        nargs="+",
+        type=positive_int,
+        default=list(DEFAULT_RANKS),
+        help="world sizes (default: 1 8 64)",
     )
     parser.add_argument(
-        "--gpu-gib", type=positive_float, default=H100_GIB, help="memory of one GPU, for the 'fits' column"
+        "--gpu-gib",
+        type=positive_float,
+        default=H100_GIB,
+        help=f"memory of one GPU in GiB, for the largest-micro-batch column (default {H100_GIB}: an 80 GB H100)",
     )
     parser.add_argument("--fp32", action="store_true", help="fp32 training instead of bf16 autocast")
     args = parser.parse_args(argv)
