@@ -53,7 +53,7 @@ def _flatten(output) -> tuple:
 
 
 def compare_with_reference(output, reference_file: Path) -> str:
-    """"ok", "wrong ids: ..." or "unchecked: ..." for one timed output."""
+    """ "ok", "wrong ids: ..." or "unchecked: ..." for one timed output."""
     import numpy as np
 
     if not reference_file.exists():
@@ -131,7 +131,7 @@ def run_task(encoder, task: dict, vocab: str, ref_dir: Path, is_reference: bool)
         reference_file = reference_path(ref_dir, vocab, path)
         try:
             if section == "batch":
-                wall, cpu, output = timed(lambda: encoder.encode_batch(content))
+                wall, cpu, output = timed(lambda c=content: encoder.encode_batch(c))
             elif section == "decode":
                 import numpy as np
 
@@ -140,20 +140,22 @@ def run_task(encoder, task: dict, vocab: str, ref_dir: Path, is_reference: bool)
                 with np.load(reference_file) as saved:
                     ids = saved["ids"].tolist()
                 record["tokens"] = len(ids)
-                wall, cpu, output = timed(lambda: encoder.decode_bytes(ids))
+                wall, cpu, output = timed(lambda i=ids: encoder.decode_bytes(i))
             elif section == "threads":
                 count = task["threads"][index % len(task["threads"])]
                 record["threads"] = count
-                wall, cpu, output = timed(lambda: encoder.encode_with_threads(content, count))
+                wall, cpu, output = timed(lambda c=content, n=count: encoder.encode_with_threads(c, n))
             else:
-                wall, cpu, output = timed(lambda: encoder.encode(content))
+                wall, cpu, output = timed(lambda c=content: encoder.encode(c))
         except Exception as exc:  # recorded per slice: e.g. bpe-openai's limit on long texts
             record["status"] = _error(exc)
             out["slices"].append(record)
             continue
         record.update(seconds=wall, cpu_seconds=cpu)
         if section == "decode":
-            record["status"] = "ok" if output == content.encode("utf-8") else "wrong bytes: decode differs from the text"
+            record["status"] = (
+                "ok" if output == content.encode("utf-8") else "wrong bytes: decode differs from the text"
+            )
         elif is_reference:
             save_reference(output, reference_file)
             record["status"] = "ok"

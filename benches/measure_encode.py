@@ -132,16 +132,30 @@ def summarize(slices: List[dict]) -> dict:
     return cell
 
 
-def _rows_from_worker(outcome: dict, peer: str, vocab: str, threads: int, sections: Sequence[dict]) -> List[dict]:
+def _rows_from_worker(
+    outcome: dict, peer: str, vocab: str, threads: int, sections: Sequence[dict]
+) -> List[dict]:
     rows = []
     if "unavailable" in outcome or "failed" in outcome:
         status = (
-            "not available: " + outcome["unavailable"] if "unavailable" in outcome else "failed: " + outcome["failed"]
+            "not available: " + outcome["unavailable"]
+            if "unavailable" in outcome
+            else "failed: " + outcome["failed"]
         )
         for task in sections:
             rows.append(
-                {"vocab": vocab, "section": task["section"], "kind": task["kind"], "peer": peer, "threads": threads,
-                 "status": status, "mb_per_s": None, "seconds": [], "bytes": [], "cores_used": None}
+                {
+                    "vocab": vocab,
+                    "section": task["section"],
+                    "kind": task["kind"],
+                    "peer": peer,
+                    "threads": threads,
+                    "status": status,
+                    "mb_per_s": None,
+                    "seconds": [],
+                    "bytes": [],
+                    "cores_used": None,
+                }
             )
         return rows
     for task in outcome["tasks"]:
@@ -156,7 +170,16 @@ def _rows_from_worker(outcome: dict, peer: str, vocab: str, threads: int, sectio
                     cell["status"] = sub["status"]
         else:
             cell = summarize(task["slices"])
-        rows.append({"vocab": vocab, "section": task["section"], "kind": task["kind"], "peer": peer, "threads": threads, **cell})
+        rows.append(
+            {
+                "vocab": vocab,
+                "section": task["section"],
+                "kind": task["kind"],
+                "peer": peer,
+                "threads": threads,
+                **cell,
+            }
+        )
     return rows
 
 
@@ -194,12 +217,33 @@ def measure(cfg: EncodeConfig, specs: Dict[str, object], slices: Dict[str, objec
     for kind in texts.SINGLE_KINDS:
         found = slices.get(kind)
         if isinstance(found, texts.SliceSet):
-            single_tasks.append({"section": "single", "kind": kind, "warmup": str(found.warmup), "slices": [str(p) for p in found.timed]})
-            decode_tasks.append({"section": "decode", "kind": kind, "warmup": str(found.warmup), "slices": [str(p) for p in found.timed]})
+            single_tasks.append(
+                {
+                    "section": "single",
+                    "kind": kind,
+                    "warmup": str(found.warmup),
+                    "slices": [str(p) for p in found.timed],
+                }
+            )
+            decode_tasks.append(
+                {
+                    "section": "decode",
+                    "kind": kind,
+                    "warmup": str(found.warmup),
+                    "slices": [str(p) for p in found.timed],
+                }
+            )
     for kind in texts.BATCH_KINDS:
         found = slices.get(kind)
         if isinstance(found, texts.SliceSet):
-            batch_tasks.append({"section": "batch", "kind": kind, "warmup": str(found.warmup), "slices": [str(p) for p in found.timed]})
+            batch_tasks.append(
+                {
+                    "section": "batch",
+                    "kind": kind,
+                    "warmup": str(found.warmup),
+                    "slices": [str(p) for p in found.timed],
+                }
+            )
     threads_set = slices.get("threads")
     for shift, vocab in enumerate(cfg.vocabs):
         spec = specs.get(vocab)
@@ -207,15 +251,33 @@ def measure(cfg: EncodeConfig, specs: Dict[str, object], slices: Dict[str, objec
             reason = spec or "not configured"
             for peer in cfg.encoders:
                 for task in single_tasks + decode_tasks + batch_tasks:
-                    rows.append({"vocab": vocab, "section": task["section"], "kind": task["kind"], "peer": peer,
-                                 "threads": 1, "status": f"not available: vocab: {reason}", "mb_per_s": None,
-                                 "seconds": [], "bytes": [], "cores_used": None})
+                    rows.append(
+                        {
+                            "vocab": vocab,
+                            "section": task["section"],
+                            "kind": task["kind"],
+                            "peer": peer,
+                            "threads": 1,
+                            "status": f"not available: vocab: {reason}",
+                            "mb_per_s": None,
+                            "seconds": [],
+                            "bytes": [],
+                            "cores_used": None,
+                        }
+                    )
             continue
         order = _rotated(cfg.encoders, shift)
         extra_single = []
         if vocab == cfg.threads_vocab and isinstance(threads_set, texts.SliceSet):
             # tiktoken's ids of the 1-vs-2-thread slices (its timings there are not shown).
-            extra_single.append({"section": "single", "kind": "threads_ref", "warmup": str(threads_set.warmup), "slices": [str(p) for p in threads_set.timed]})
+            extra_single.append(
+                {
+                    "section": "single",
+                    "kind": "threads_ref",
+                    "warmup": str(threads_set.warmup),
+                    "slices": [str(p) for p in threads_set.timed],
+                }
+            )
         for group, tasks, threads in (
             ("single", single_tasks + decode_tasks, 1),
             ("batch", batch_tasks, cfg.all_threads),
@@ -235,36 +297,85 @@ def measure(cfg: EncodeConfig, specs: Dict[str, object], slices: Dict[str, objec
                     "tasks": own,
                 }
                 outcome = run_worker(job, threads, cfg.worker_timeout_s, runner)
-                rows += [r for r in _rows_from_worker(outcome, peer, vocab, threads, own) if r["kind"] != "threads_ref"]
+                rows += [
+                    r
+                    for r in _rows_from_worker(outcome, peer, vocab, threads, own)
+                    if r["kind"] != "threads_ref"
+                ]
                 if group == "single":
                     loads.append(_load_row(outcome, peer, vocab))
         if vocab == "gpt2" and cfg.pathological_bytes:
             files = pathological_files(cfg.pathological_bytes)
-            tasks = [{"section": "pathological", "kind": kind, "warmup": None, "slices": [str(files[kind])]} for kind in PATHOLOGICAL_KINDS]
+            tasks = [
+                {"section": "pathological", "kind": kind, "warmup": None, "slices": [str(files[kind])]}
+                for kind in PATHOLOGICAL_KINDS
+            ]
             for peer in order:
                 log(f"encode {vocab} pathological {peer}")
-                job = {"peer": peer, "vocab": spec.as_dict(), "threads": 1, "pin_cpu": cpu, "ref_dir": str(ref_dir),
-                       "is_reference": peer == peers.REFERENCE, "tasks": tasks}
-                rows += _rows_from_worker(run_worker(job, 1, cfg.worker_timeout_s, runner), peer, vocab, 1, tasks)
-        if vocab == cfg.threads_vocab and peers.US in cfg.encoders and isinstance(threads_set, texts.SliceSet):
-            task = {"section": "threads", "kind": "prose", "warmup": str(threads_set.warmup), "threads": [1, 2],
-                    "slices": [str(p) for p in threads_set.timed]}
+                job = {
+                    "peer": peer,
+                    "vocab": spec.as_dict(),
+                    "threads": 1,
+                    "pin_cpu": cpu,
+                    "ref_dir": str(ref_dir),
+                    "is_reference": peer == peers.REFERENCE,
+                    "tasks": tasks,
+                }
+                rows += _rows_from_worker(
+                    run_worker(job, 1, cfg.worker_timeout_s, runner), peer, vocab, 1, tasks
+                )
+        if (
+            vocab == cfg.threads_vocab
+            and peers.US in cfg.encoders
+            and isinstance(threads_set, texts.SliceSet)
+        ):
+            task = {
+                "section": "threads",
+                "kind": "prose",
+                "warmup": str(threads_set.warmup),
+                "threads": [1, 2],
+                "slices": [str(p) for p in threads_set.timed],
+            }
             log(f"encode {vocab} threads {peers.US}")
-            job = {"peer": peers.US, "vocab": spec.as_dict(), "threads": 2, "pin_cpu": None, "ref_dir": str(ref_dir),
-                   "is_reference": False, "tasks": [task]}
-            rows += _rows_from_worker(run_worker(job, 2, cfg.worker_timeout_s, runner), peers.US, vocab, 2, [task])
+            job = {
+                "peer": peers.US,
+                "vocab": spec.as_dict(),
+                "threads": 2,
+                "pin_cpu": None,
+                "ref_dir": str(ref_dir),
+                "is_reference": False,
+                "tasks": [task],
+            }
+            rows += _rows_from_worker(
+                run_worker(job, 2, cfg.worker_timeout_s, runner), peers.US, vocab, 2, [task]
+            )
     _remove_tree(ref_dir)
-    return {"rows": rows, "load": loads, "pin_cpu": cpu, "all_threads": cfg.all_threads,
-            "unavailable_texts": {k: v for k, v in slices.items() if isinstance(v, str)}}
+    return {
+        "rows": rows,
+        "load": loads,
+        "pin_cpu": cpu,
+        "all_threads": cfg.all_threads,
+        "unavailable_texts": {k: v for k, v in slices.items() if isinstance(v, str)},
+    }
 
 
 def _load_row(outcome: dict, peer: str, vocab: str) -> dict:
     if "unavailable" in outcome:
-        return {"vocab": vocab, "peer": peer, "seconds": None, "status": "not available: " + outcome["unavailable"]}
+        return {
+            "vocab": vocab,
+            "peer": peer,
+            "seconds": None,
+            "status": "not available: " + outcome["unavailable"],
+        }
     if "failed" in outcome:
         return {"vocab": vocab, "peer": peer, "seconds": None, "status": "failed: " + outcome["failed"]}
     if peer == "rustbpe":
-        return {"vocab": vocab, "peer": peer, "seconds": None, "status": "not comparable: trains its vocab instead"}
+        return {
+            "vocab": vocab,
+            "peer": peer,
+            "seconds": None,
+            "status": "not comparable: trains its vocab instead",
+        }
     return {"vocab": vocab, "peer": peer, "seconds": outcome.get("load_seconds"), "status": "ok"}
 
 

@@ -61,18 +61,28 @@ def measure(cfg: TrainConfig) -> dict:
             outcomes: Dict[str, List[dict]] = {peer: [] for peer in cfg.trainers}
             for run in range(cfg.runs):
                 for peer in cfg.trainers:
-                    if outcomes[peer] and ("unavailable" in outcomes[peer][0] or "error" in outcomes[peer][-1]):
+                    if outcomes[peer] and (
+                        "unavailable" in outcomes[peer][0] or "error" in outcomes[peer][-1]
+                    ):
                         continue
                     log(f"train {peer} vocab={vocab} threads={threads} run {run + 1}/{cfg.runs}")
                     save = _ranks_file(peer, vocab, threads, path) if run == 0 else None
                     if save is not None:
                         save.parent.mkdir(parents=True, exist_ok=True)
                         save.unlink(missing_ok=True)
-                    outcomes[peer].append(timing.run_training(peer, path, vocab, threads, cfg.timeout_s, save))
+                    outcomes[peer].append(
+                        timing.run_training(peer, path, vocab, threads, cfg.timeout_s, save)
+                    )
             reference = _read_tokens(_ranks_file(REFERENCE_TRAINER, vocab, threads, path))
             for peer in cfg.trainers:
                 runs = outcomes[peer]
-                row = {"vocab": vocab, "threads": threads, "peer": peer, "seconds": [], "bytes": path.stat().st_size}
+                row = {
+                    "vocab": vocab,
+                    "threads": threads,
+                    "peer": peer,
+                    "seconds": [],
+                    "bytes": path.stat().st_size,
+                }
                 if runs and "unavailable" in runs[0]:
                     row.update(status="not available: " + runs[0]["unavailable"])
                     rows.append(row)
@@ -100,14 +110,20 @@ def measure(cfg: TrainConfig) -> dict:
                             chunk_counts = _chunk_counts(path)
                         log(f"replaying {peer}'s merges (vocab {vocab}) to check them up to ties")
                         ok, detail = merge_check.valid_up_to_ties(chunk_counts, tokens)
-                        tie_verdicts[key] = ("same up to ties: " if ok else "wrong merges: ") + verdict + f" ({detail})"
+                        tie_verdicts[key] = (
+                            ("same up to ties: " if ok else "wrong merges: ") + verdict + f" ({detail})"
+                        )
                     verdict = tie_verdicts[key]
                 elif verdict.startswith("first differs"):
                     verdict = "unchecked: " + verdict
                 if row["vocab_reached"] is not None and row["vocab_reached"] != vocab:
                     verdict = f"wrong merges: stopped at {row['vocab_reached']} tokens; " + verdict
                 row["merges"] = verdict
-                row["status"] = "ok" if verdict in ("identical", "reference") or verdict.startswith("same up to ties") else verdict
+                row["status"] = (
+                    "ok"
+                    if verdict in ("identical", "reference") or verdict.startswith("same up to ties")
+                    else verdict
+                )
                 rows.append(row)
     return {"rows": rows, "corpus_bytes": path.stat().st_size, "corpus": str(path)}
 
@@ -116,7 +132,9 @@ def exact(row: dict) -> bool:
     return row.get("status") == "ok"
 
 
-def measure_pathological(size: int, vocab: int, threads: int, timeout_s: float, peers: Sequence[str]) -> List[dict]:
+def measure_pathological(
+    size: int, vocab: int, threads: int, timeout_s: float, peers: Sequence[str]
+) -> List[dict]:
     """bpe_fast (and optionally peers) training on each one-chunk input vs mixed text of the same size."""
     files = {"normal_mixed": corpus.corpus_file(size / corpus.MB)}
     for kind, text in corpus.pathological_texts(size).items():

@@ -20,14 +20,16 @@ Pair = Tuple[int, int]
 
 
 def compare_lists(tokens: Optional[Sequence[bytes]], reference: Optional[Sequence[bytes]]) -> str:
-    """"identical", or where a learned token list (ids 256+) first leaves the reference's."""
+    """ "identical", or where a learned token list (ids 256+) first leaves the reference's."""
     if tokens is None or reference is None:
         return "unchecked: no token list"
     learned = [t for t in tokens if len(t) > 1]
     expected = [t for t in reference if len(t) > 1]
     if learned == expected:
         return "identical"
-    first = next((i for i, (a, b) in enumerate(zip(learned, expected)) if a != b), min(len(learned), len(expected)))
+    first = next(
+        (i for i, (a, b) in enumerate(zip(learned, expected)) if a != b), min(len(learned), len(expected))
+    )
     shared = len(set(learned) & set(expected))
     return f"first differs at merge {first}; {shared}/{len(expected)} tokens shared"
 

@@ -403,7 +403,9 @@ def _load_bpe_fast(spec: VocabSpec, threads: int) -> Encoder:
     if spec.name == "gpt2":
         return BpeFastEncoder(bpe_fast.Tokenizer.gpt2(), threads)
     special = None if spec.openai_name else {}
-    tok = bpe_fast.Tokenizer.from_tiktoken(spec.tiktoken_file, pattern=spec.bpe_fast_pattern, special_tokens=special)
+    tok = bpe_fast.Tokenizer.from_tiktoken(
+        spec.tiktoken_file, pattern=spec.bpe_fast_pattern, special_tokens=special
+    )
     return BpeFastEncoder(tok, threads)
 
 
@@ -429,9 +431,9 @@ def _load_hf(spec: VocabSpec, threads: int) -> Encoder:
 
 
 def _load_rustbpe(spec: VocabSpec, threads: int) -> Encoder:
-    rustbpe = import_peer("rustbpe")
     if spec.train_corpus is None:
         raise PeerUnavailable("rustbpe cannot load a vocab; it encodes only with one it trained itself")
+    rustbpe = import_peer("rustbpe")
     tok = rustbpe.Tokenizer()
     tok.train_from_iterator(
         corpus.iter_blocks(Path(spec.train_corpus)), spec.vocab_size, buffer_size=128, pattern=GPT2_PATTERN
@@ -499,19 +501,19 @@ def _load_kitoken(spec: VocabSpec, threads: int) -> Encoder:
 
 
 def _load_bpe_openai(spec: VocabSpec, threads: int) -> Encoder:
-    bpe_openai = import_peer("bpe_openai")
     if spec.name not in ("cl100k", "o200k"):
         # Its gpt2 goes through tiktoken_ext, which downloads; it cannot load other rank files.
         raise PeerUnavailable("bpe-openai loads only its bundled cl100k/o200k offline")
+    bpe_openai = import_peer("bpe_openai")
     return BpeOpenaiEncoder(bpe_openai.get_encoding(spec.openai_name), threads)
 
 
 def _load_rs_bpe(spec: VocabSpec, threads: int) -> Encoder:
+    if spec.name not in ("cl100k", "o200k"):
+        raise PeerUnavailable("rs-bpe ships only cl100k/o200k and loads no other vocab")
     import_peer("rs_bpe")
     from rs_bpe.bpe import openai as rs_openai
 
-    if spec.name not in ("cl100k", "o200k"):
-        raise PeerUnavailable("rs-bpe ships only cl100k/o200k and loads no other vocab")
     return RsBpeEncoder(getattr(rs_openai, spec.openai_name)(), rs_openai.ParallelOptions, threads)
 
 
@@ -548,7 +550,9 @@ def first_difference(ids: Sequence[int], reference: Sequence[int]) -> Optional[s
     """None when equal; else where and how ``ids`` differ from ``reference`` (one line)."""
     if len(ids) == len(reference) and list(ids) == list(reference):
         return None
-    first = next((pos for pos, (a, b) in enumerate(zip(ids, reference)) if a != b), min(len(ids), len(reference)))
+    first = next(
+        (pos for pos, (a, b) in enumerate(zip(ids, reference)) if a != b), min(len(ids), len(reference))
+    )
     return f"differ from {REFERENCE} at token {first} ({len(ids)} vs {len(reference)} tokens)"
 
 
@@ -658,7 +662,10 @@ def ranks_encoders(
     )
     alphabet = bytes_to_unicode()
     vocab = {"".join(alphabet[b] for b in token): rank for rank, token in enumerate(tokens)}
-    merges = [("".join(alphabet[b] for b in a), "".join(alphabet[b] for b in b_)) for a, b_ in recover_merges(tokens)]
+    merges = [
+        ("".join(alphabet[b] for b in a), "".join(alphabet[b] for b in b_))
+        for a, b_ in recover_merges(tokens)
+    ]
     hf = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     hf.pre_tokenizer = _hf_gpt2_pre_tokenizer()
     hf.decoder = decoders.ByteLevel()

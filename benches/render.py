@@ -101,14 +101,26 @@ def encode_tables(encode: dict) -> List[str]:
     order = peers.ENCODERS
     notes = Notes()
     for section, title, kinds, note in (
-        ("single", "Encode, one call, one core", texts.SINGLE_KINDS,
-         "MB/s of one encode call on ~1 MB of text no tokenizer in the process has seen (median of the timed "
-         "slices), process pinned to one CPU, every thread variable at 1."),
-        ("batch", "Batch encode, all cores", texts.BATCH_KINDS,
-         f"MB/s of one batch call over {encode.get('all_threads', '?')} threads (each peer's batch API and "
-         "thread setting), on batches no tokenizer has seen."),
-        ("decode", "Decode, one core", texts.SINGLE_KINDS,
-         "MB/s of decoded bytes: one decode call on tiktoken's ids of each timed slice."),
+        (
+            "single",
+            "Encode, one call, one core",
+            texts.SINGLE_KINDS,
+            "MB/s of one encode call on ~1 MB of text no tokenizer in the process has seen (median of the timed "
+            "slices), process pinned to one CPU, every thread variable at 1.",
+        ),
+        (
+            "batch",
+            "Batch encode, all cores",
+            texts.BATCH_KINDS,
+            f"MB/s of one batch call over {encode.get('all_threads', '?')} threads (each peer's batch API and "
+            "thread setting), on batches no tokenizer has seen.",
+        ),
+        (
+            "decode",
+            "Decode, one core",
+            texts.SINGLE_KINDS,
+            "MB/s of decoded bytes: one decode call on tiktoken's ids of each timed slice.",
+        ),
     ):
         section_rows = [r for r in rows if r["section"] == section]
         if not section_rows:
@@ -139,8 +151,13 @@ def load_table(encode: dict) -> List[str]:
     if not loads:
         return []
     names = _peers_in(loads, peers.ENCODERS)
-    out = ["## Loading", "", "Seconds to construct the tokenizer from its files in a fresh process (import "
-           "excluded, first encode call excluded; the files are in the page cache).", ""]
+    out = [
+        "## Loading",
+        "",
+        "Seconds to construct the tokenizer from its files in a fresh process (import "
+        "excluded, first encode call excluded; the files are in the page cache).",
+        "",
+    ]
     notes = Notes()
     body = []
     for vocab in vocabs.VOCABS:
@@ -180,9 +197,13 @@ def pathological_table(encode: dict) -> List[str]:
     if not rows:
         return []
     names = _peers_in(rows, peers.ENCODERS)
-    out = ["## Pathological inputs (GPT-2, one encode call, one core)", "",
-           "Each input is one pre-tokenizer chunk (a letter repeated, spaces, `^` repeated, one random-letter "
-           "word); normal_en is English text of the same size.", ""]
+    out = [
+        "## Pathological inputs (GPT-2, one encode call, one core)",
+        "",
+        "Each input is one pre-tokenizer chunk (a letter repeated, spaces, `^` repeated, one random-letter "
+        "word); normal_en is English text of the same size.",
+        "",
+    ]
     notes = Notes()
     body = []
     kinds = list(dict.fromkeys(r["kind"] for r in rows))
@@ -200,10 +221,14 @@ def training_table(train: dict) -> List[str]:
         return []
     names = _peers_in(rows, trainers.TRAINERS)
     size = train.get("corpus_bytes", 0) / 1e6
-    out = ["## Training", "",
-           f"Median seconds of the train call in a fresh process ({size:.1f} MB corpus; reading included, imports "
-           "excluded). Merges are compared with rustbpe's (the reference rule); a list that differs is replayed "
-           "over the corpus to check it is the same up to count ties.", ""]
+    out = [
+        "## Training",
+        "",
+        f"Median seconds of the train call in a fresh process ({size:.1f} MB corpus; reading included, imports "
+        "excluded). Merges are compared with rustbpe's (the reference rule); a list that differs is replayed "
+        "over the corpus to check it is the same up to count ties.",
+        "",
+    ]
     notes = Notes()
     body = []
     for vocab in sorted({r["vocab"] for r in rows}):
@@ -236,10 +261,15 @@ def pathological_train_table(rows: Sequence[dict]) -> List[str]:
     body = []
     for kind in dict.fromkeys(r["input"] for r in rows):
         by_peer = {r["peer"]: r for r in rows if r["input"] == kind}
-        body.append([kind] + [
-            (f"{min(r['seconds']):.2f} s" if r.get("status") == "ok" else short_status(r["status"])) if r else "-"
-            for r in (by_peer.get(n) for n in names)
-        ])
+        body.append(
+            [kind]
+            + [
+                (f"{min(r['seconds']):.2f} s" if r.get("status") == "ok" else short_status(r["status"]))
+                if r
+                else "-"
+                for r in (by_peer.get(n) for n in names)
+            ]
+        )
     return ["## Pathological inputs: training", ""] + table(["input"] + names, body)
 
 
@@ -271,17 +301,25 @@ def calls_table() -> List[str]:
 
 
 def busy_warning(encode: dict) -> List[str]:
-    cores = [r["cores_used"] for r in encode.get("rows", []) if r["section"] == "single" and r.get("cores_used")]
+    cores = [
+        r["cores_used"] for r in encode.get("rows", []) if r["section"] == "single" and r.get("cores_used")
+    ]
     if cores and statistics.median(cores) < 0.8:
-        return [f"**The machine was busy: single-core calls got a median of {statistics.median(cores):.2f} of a "
-                "core** (1.00 when idle). Every peer is slowed alike; ratios are noisier.", ""]
+        return [
+            f"**The machine was busy: single-core calls got a median of {statistics.median(cores):.2f} of a "
+            "core** (1.00 when idle). Every peer is slowed alike; ratios are noisier.",
+            "",
+        ]
     return []
 
 
 def markdown(results: dict, found: Sequence[dict], command: str, info: Dict[str, str]) -> str:
     out = ["# bpe_fast benchmark results", ""]
-    out += [f"Generated {results.get('generated_utc', '?')} UTC by `{command}` ({results.get('mode', '?')} mode). "
-            "Method: docs/BENCHMARKS.md.", ""]
+    out += [
+        f"Generated {results.get('generated_utc', '?')} UTC by `{command}` ({results.get('mode', '?')} mode). "
+        "Method: docs/BENCHMARKS.md.",
+        "",
+    ]
     out += table(["machine", ""], [[k, v] for k, v in info.items()])
     out += table(["package", "version"], [[k, v] for k, v in results.get("versions", {}).items()])
     if results.get("config"):
@@ -291,8 +329,12 @@ def markdown(results: dict, found: Sequence[dict], command: str, info: Dict[str,
     if not results.get("bpe_fast_available", True):
         out += ["**bpe_fast was not importable: only peers were measured; targets are n/a.**", ""]
     if encode:
-        out += ["Texts: " + "; ".join(f"{texts.KIND_TITLES[k]} = {texts.SOURCES_NOTE[k]}" for k in texts.SOURCES_NOTE)
-                + ". Hindi is not in the shared data, so the multilingual mix has none.", ""]
+        out += [
+            "Texts: "
+            + "; ".join(f"{texts.KIND_TITLES[k]} = {texts.SOURCES_NOTE[k]}" for k in texts.SOURCES_NOTE)
+            + ". Hindi is not in the shared data, so the multilingual mix has none.",
+            "",
+        ]
     for kind, reason in encode.get("unavailable_texts", {}).items():
         out += [f"- text `{kind}` not available: {reason}"]
     out += ["## Targets", ""] + targets_table(found)
@@ -351,7 +393,9 @@ def readme_table(results: dict, found: Sequence[dict]) -> str:
 def description_claim(found: Sequence[dict]) -> str:
     """The package description's speed claim, saying "fastest" only for what the report shows."""
     holds = [label for label, group in _group_rows(found) if all(t["met"] is True for t in group)]
-    encode_rows = [label for label, group in _group_rows(found) if group[0]["group"] in ("single", "batch", "decode")]
+    encode_rows = [
+        label for label, group in _group_rows(found) if group[0]["group"] in ("single", "batch", "decode")
+    ]
     train_ok = any(label.startswith("training") for label in holds)
     encode_ok = encode_rows and all(label in holds for label in encode_rows)
     if encode_ok and train_ok:
@@ -359,7 +403,9 @@ def description_claim(found: Sequence[dict]) -> str:
     if encode_ok:
         return "Exact byte-level BPE: the fastest exact encoder in its benchmark report."
     if train_ok:
-        return "Exact byte-level BPE: the fastest exact trainer in its benchmark report; fast, exact encoding."
+        return (
+            "Exact byte-level BPE: the fastest exact trainer in its benchmark report; fast, exact encoding."
+        )
     return "Exact byte-level BPE tokenizer and trainer (Rust core, Python API)."
 
 
@@ -403,15 +449,27 @@ def plot_single(encode: dict, path: Path) -> Optional[Path]:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    cells = [(v, k) for v in vocabs.VOCABS for k in texts.SINGLE_KINDS if any(r["vocab"] == v and r["kind"] == k for r in rows)]
+    cells = [
+        (v, k)
+        for v in vocabs.VOCABS
+        for k in texts.SINGLE_KINDS
+        if any(r["vocab"] == v and r["kind"] == k for r in rows)
+    ]
     names = _peers_in(rows, peers.ENCODERS)
     figure, axis = plt.subplots(figsize=(max(8, len(cells) * 0.9), 4.5))
     width = 0.8 / max(1, len(names))
     for i, name in enumerate(names):
-        heights = [next((r["mb_per_s"] for r in rows if r["vocab"] == v and r["kind"] == k and r["peer"] == name), 0)
-                   for v, k in cells]
-        axis.bar([c + i * width for c in range(len(cells))], heights, width, label=name,
-                 edgecolor="black" if name == US else None)
+        heights = [
+            next((r["mb_per_s"] for r in rows if r["vocab"] == v and r["kind"] == k and r["peer"] == name), 0)
+            for v, k in cells
+        ]
+        axis.bar(
+            [c + i * width for c in range(len(cells))],
+            heights,
+            width,
+            label=name,
+            edgecolor="black" if name == US else None,
+        )
     axis.set_xticks([c + 0.4 - width / 2 for c in range(len(cells))])
     axis.set_xticklabels([f"{vocabs.VOCAB_TITLES[v]}\n{k}" for v, k in cells], fontsize=7)
     axis.set_ylabel("MB/s (one call, one core; exact peers only)")
@@ -439,8 +497,11 @@ def plot_scaling(rows: Sequence[dict], path: Path) -> Optional[Path]:
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for axis, task in zip(axes, ("encode", "train")):
         for name in sorted({r["peer"] for r in rows if r["task"] == task}):
-            points = sorted((r["size_mb"], r["mb_per_s"]) for r in rows
-                            if r["task"] == task and r["peer"] == name and r.get("mb_per_s"))
+            points = sorted(
+                (r["size_mb"], r["mb_per_s"])
+                for r in rows
+                if r["task"] == task and r["peer"] == name and r.get("mb_per_s")
+            )
             if points:
                 sizes, speeds = zip(*points)
                 axis.plot(sizes, speeds, marker="o", label=name, linewidth=2.5 if name == US else 1.2)

@@ -19,16 +19,15 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 if __package__ in (None, ""):
     # Launched by path: make `benches` importable as a package from the repository root.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bpe_fast.cliutil import ArgumentParser, UserError, positive_float, positive_int, run_main  # noqa: E402
-
-from benches import corpus, measure_encode, measure_train, peers, render, targets, texts, vocabs  # noqa: E402
+from benches import corpus, measure_encode, measure_train, peers, render, targets, vocabs  # noqa: E402
 from benches.measure_encode import log  # noqa: E402
+from bpe_fast.cliutil import ArgumentParser, UserError, positive_float, positive_int, run_main  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
@@ -92,29 +91,84 @@ def parse_args(argv=None):
         description="Benchmark bpe_fast against every peer side by side (encode, batch, decode, load, "
         "training) and judge issue 12's targets; writes a markdown report, its JSON and plots.",
     )
-    parser.add_argument("--quick", action="store_true", help="small slices, a 4 MB training corpus, 1 training run")
-    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="markdown report to write (default: benches/RESULTS.md)")
+    parser.add_argument(
+        "--quick", action="store_true", help="small slices, a 4 MB training corpus, 1 training run"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=HERE / "RESULTS.md",
+        help="markdown report to write (default: benches/RESULTS.md)",
+    )
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections (default: all)")
-    parser.add_argument("--runs", type=positive_int, help="timed slices per cell, median shown (default 3; at least 3 for a fair median)")
-    parser.add_argument("--slice-mb", type=positive_float, help="size of each single-call slice in MB (full 1, quick 0.25)")
-    parser.add_argument("--batch-mb", type=positive_float, help="size of each timed batch in MB (full 4, quick 0.5)")
-    parser.add_argument("--train-mb", type=positive_float, help="training corpus size in MB (full 50, quick 4)")
-    parser.add_argument("--train-runs", type=positive_int, help="runs per training configuration (full 3, quick 1)")
-    parser.add_argument("--pathological-mb", type=positive_float, help="size of each pathological input in MB (full 1, quick 0.25)")
-    parser.add_argument("--scaling-mb", type=positive_float, nargs="+", help="corpus sizes for time vs size (full 1 2 4 8 16 32)")
-    parser.add_argument("--peers", nargs="+", choices=peers.ENCODERS, help="encoders to run (default: all; tiktoken is always run: it is the reference)")
-    parser.add_argument("--vocabs", nargs="+", choices=vocabs.VOCABS, help="vocabularies to encode with (default: all)")
-    parser.add_argument("--threads", type=positive_int, help="thread count for 'all cores' (default: the CPUs this process may use)")
-    parser.add_argument("--no-tie-check", action="store_true", help="do not replay differing merge lists (they then count as unchecked)")
-    parser.add_argument("--update-readme", nargs="?", const=REPO_ROOT / "README.md", type=Path, metavar="README",
-                        help=f"also write the speed table between {render.README_START} and {render.README_END} in README (default: README.md)")
+    parser.add_argument(
+        "--runs",
+        type=positive_int,
+        help="timed slices per cell, median shown (default 3; at least 3 for a fair median)",
+    )
+    parser.add_argument(
+        "--slice-mb", type=positive_float, help="size of each single-call slice in MB (full 1, quick 0.25)"
+    )
+    parser.add_argument(
+        "--batch-mb", type=positive_float, help="size of each timed batch in MB (full 4, quick 0.5)"
+    )
+    parser.add_argument(
+        "--train-mb", type=positive_float, help="training corpus size in MB (full 50, quick 4)"
+    )
+    parser.add_argument(
+        "--train-runs", type=positive_int, help="runs per training configuration (full 3, quick 1)"
+    )
+    parser.add_argument(
+        "--pathological-mb",
+        type=positive_float,
+        help="size of each pathological input in MB (full 1, quick 0.25)",
+    )
+    parser.add_argument(
+        "--scaling-mb",
+        type=positive_float,
+        nargs="+",
+        help="corpus sizes for time vs size (full 1 2 4 8 16 32)",
+    )
+    parser.add_argument(
+        "--peers",
+        nargs="+",
+        choices=peers.ENCODERS,
+        help="encoders to run (default: all; tiktoken is always run: it is the reference)",
+    )
+    parser.add_argument(
+        "--vocabs", nargs="+", choices=vocabs.VOCABS, help="vocabularies to encode with (default: all)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        help="thread count for 'all cores' (default: the CPUs this process may use)",
+    )
+    parser.add_argument(
+        "--no-tie-check",
+        action="store_true",
+        help="do not replay differing merge lists (they then count as unchecked)",
+    )
+    parser.add_argument(
+        "--update-readme",
+        nargs="?",
+        const=REPO_ROOT / "README.md",
+        type=Path,
+        metavar="README",
+        help=f"also write the speed table between {render.README_START} and {render.README_END} in README (default: README.md)",
+    )
     return parser.parse_args(argv)
 
 
 def config_from(args) -> Config:
     cfg = QUICK if args.quick else FULL
-    for flag, name in (("runs", "runs"), ("slice_mb", "slice_mb"), ("batch_mb", "batch_mb"), ("train_mb", "train_mb"),
-                       ("train_runs", "train_runs"), ("pathological_mb", "pathological_mb")):
+    for flag, name in (
+        ("runs", "runs"),
+        ("slice_mb", "slice_mb"),
+        ("batch_mb", "batch_mb"),
+        ("train_mb", "train_mb"),
+        ("train_runs", "train_runs"),
+        ("pathological_mb", "pathological_mb"),
+    ):
         value = getattr(args, flag)
         if value is not None:
             cfg = replace(cfg, **{name: value})
@@ -135,10 +189,16 @@ def machine_info() -> Dict[str, str]:
     except OSError:
         pass
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
-                                check=False).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "rust", "python", "Cargo.toml"], cwd=HERE,
-                               capture_output=True, text=True, check=False).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True, check=False
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "rust", "python", "Cargo.toml"],
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
         if commit and dirty:
             commit += " + uncommitted changes in rust/ or python/"
     except OSError:
@@ -191,7 +251,9 @@ def run_sections(cfg: Config, args, sections, have_us: bool) -> dict:
         log("preparing slices and vocabularies (cached after the first run)")
         slices = measure_encode.prepare_slices(ecfg)
         specs = vocabs.all_specs(train_corpus)
-        results["vocabs"] = {k: (v.as_dict() if isinstance(v, vocabs.VocabSpec) else v) for k, v in specs.items()}
+        results["vocabs"] = {
+            k: (v.as_dict() if isinstance(v, vocabs.VocabSpec) else v) for k, v in specs.items()
+        }
         results["encode"] = measure_encode.measure(ecfg, specs, slices)
     if "train" in sections:
         tcfg = measure_train.TrainConfig(
@@ -204,15 +266,20 @@ def run_sections(cfg: Config, args, sections, have_us: bool) -> dict:
         )
         results["train"] = measure_train.measure(tcfg)
     if "pathological" in sections:
-        names = [p for p in ("bpe_fast", "rustbpe", "hf_tokenizers", "bpeasy", "gigabpe", "ffbpe")
-                 if cfg.pathological_train_peers or p == peers.US]
+        names = [
+            p
+            for p in ("bpe_fast", "rustbpe", "hf_tokenizers", "bpeasy", "gigabpe", "ffbpe")
+            if cfg.pathological_train_peers or p == peers.US
+        ]
         results["pathological_train"] = measure_train.measure_pathological(
             int(cfg.pathological_mb * corpus.MB), 8192, all_threads, cfg.pathological_timeout_s, names
         )
     if "scaling" in sections:
         from benches.measure_scaling import measure_scaling
 
-        results["scaling"] = measure_scaling(cfg.scaling_mb, cfg.scaling_vocab, all_threads, cfg.train_timeout_s)
+        results["scaling"] = measure_scaling(
+            cfg.scaling_mb, cfg.scaling_vocab, all_threads, cfg.train_timeout_s
+        )
     results["thread_counts"] = thread_counts
     return results
 
@@ -222,13 +289,17 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = config_from(args)
     if corpus.data_dir() is None:
-        raise UserError("benchmark corpora not found: set BPE_FAST_BENCH_DATA to a folder with en/ and zh/ (nothing measured)")
+        raise UserError(
+            "benchmark corpora not found: set BPE_FAST_BENCH_DATA to a folder with en/ and zh/ (nothing measured)"
+        )
     if args.update_readme is not None and not args.update_readme.is_file():
         raise UserError(f"--update-readme {args.update_readme}: no such file")
     try:
         import tiktoken  # noqa: F401  (the reference every peer's ids are checked against)
     except ImportError:
-        raise UserError("tiktoken is not installed: it is the reference for every id check (pip install -e '.[bench]')") from None
+        raise UserError(
+            "tiktoken is not installed: it is the reference for every id check (pip install -e '.[bench]')"
+        ) from None
     sections = [s for s in SECTIONS if s in (args.only or SECTIONS)]
     command = f"{PROG} " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     info = machine_info()
@@ -252,8 +323,10 @@ def main(argv=None) -> int:
     out_path = args.out.resolve()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_path, render.markdown(results, found, command, info) + "\n")
-    atomic_write_text(out_path.with_suffix(".json"),
-                      json.dumps({**results, "command": command, "targets": found, "machine": info}, indent=1, default=str))
+    atomic_write_text(
+        out_path.with_suffix(".json"),
+        json.dumps({**results, "command": command, "targets": found, "machine": info}, indent=1, default=str),
+    )
     if results.get("encode"):
         render.plot_single(results["encode"], out_path.with_name("encode_single_core.png"))
     if results.get("scaling"):
@@ -262,7 +335,9 @@ def main(argv=None) -> int:
         try:
             updated = render.update_readme(args.update_readme, results, found)
         except render.MarkersMissing as exc:
-            raise UserError(f"--update-readme {args.update_readme}: {exc}; add them where the table goes") from None
+            raise UserError(
+                f"--update-readme {args.update_readme}: {exc}; add them where the table goes"
+            ) from None
         log(f"updated {args.update_readme}: {', '.join(updated)}")
     log(f"wrote {out_path}")
     for t in found:

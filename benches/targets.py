@@ -49,9 +49,13 @@ def _target(group, name, value, goal, higher_is_better=True, detail="", us=None,
     }
 
 
-def fastest_exact(rows: Sequence[dict], key: str = "mb_per_s", exclude: Sequence[str] = (US,)) -> Optional[dict]:
+def fastest_exact(
+    rows: Sequence[dict], key: str = "mb_per_s", exclude: Sequence[str] = (US,)
+) -> Optional[dict]:
     """The exact peer row with the highest ``key`` (lowest when key is a time), excluding ``exclude``."""
-    exact = [r for r in rows if r["peer"] not in exclude and r.get("status") == "ok" and r.get(key) is not None]
+    exact = [
+        r for r in rows if r["peer"] not in exclude and r.get("status") == "ok" and r.get(key) is not None
+    ]
     if not exact:
         return None
     if key in ("median_s", "seconds_value"):
@@ -67,11 +71,16 @@ def _cell_target(section: str, vocab: str, kind: str, rows: List[dict]) -> dict:
         return _target(section, name, None, ENCODE_GOAL, detail="bpe_fast not measured")
     if ours.get("status") != "ok":
         # bpe_fast itself wrong or failing: a miss, whatever the speed.
-        return {**_target(section, name, None, ENCODE_GOAL, detail=f"bpe_fast: {ours['status']}"), "met": False}
+        return {
+            **_target(section, name, None, ENCODE_GOAL, detail=f"bpe_fast: {ours['status']}"),
+            "met": False,
+        }
     if best is None:
         return _target(section, name, None, ENCODE_GOAL, detail="no exact peer measured", us=ours["mb_per_s"])
     ratio = ours["mb_per_s"] / best["mb_per_s"]
-    detail = f"bpe_fast {ours['mb_per_s']:.1f} MB/s; fastest exact peer {best['peer']} {best['mb_per_s']:.1f} MB/s"
+    detail = (
+        f"bpe_fast {ours['mb_per_s']:.1f} MB/s; fastest exact peer {best['peer']} {best['mb_per_s']:.1f} MB/s"
+    )
     return _target(section, name, ratio, ENCODE_GOAL, detail=detail, us=ours["mb_per_s"], best=best["peer"])
 
 
@@ -103,7 +112,9 @@ def load_target(encode: dict, vocab: str = "o200k") -> Optional[dict]:
     if not loads:
         return None
     exact_peers = {
-        r["peer"] for r in encode.get("rows", []) if r["vocab"] == vocab and r["section"] == "single" and r["status"] == "ok"
+        r["peer"]
+        for r in encode.get("rows", [])
+        if r["vocab"] == vocab and r["section"] == "single" and r["status"] == "ok"
     }
     name = f"load {vocabs.VOCAB_TITLES.get(vocab, vocab)} (construction, first call excluded)"
     ours = next((r for r in loads if r["peer"] == US and r.get("seconds")), None)
@@ -132,7 +143,9 @@ def threads_target(encode: dict) -> Optional[dict]:
     return _target("threads", name, ratio, THREADS_GOAL, detail=detail)
 
 
-def pathological_targets(rows: Sequence[dict], section: str, normal: str, kinds: Sequence[str], title: str) -> List[dict]:
+def pathological_targets(
+    rows: Sequence[dict], section: str, normal: str, kinds: Sequence[str], title: str
+) -> List[dict]:
     def speed(kind):
         row = next((r for r in rows if r.get("peer") == US and r.get(section) == kind), None)
         if row is None or row.get("status") != "ok":
@@ -147,7 +160,13 @@ def pathological_targets(rows: Sequence[dict], section: str, normal: str, kinds:
         value = speed(kind)
         slowdown = base / value if base and value else None
         found.append(
-            _target("pathological", f"{title} {kind}: per-byte time vs normal text", slowdown, PATHOLOGICAL_GOAL, higher_is_better=False)
+            _target(
+                "pathological",
+                f"{title} {kind}: per-byte time vs normal text",
+                slowdown,
+                PATHOLOGICAL_GOAL,
+                higher_is_better=False,
+            )
         )
     return found
 
@@ -160,17 +179,32 @@ def train_targets(train: dict, vocab_sizes: Sequence[int], threads: Sequence[int
             cell = [r for r in rows if r["vocab"] == vocab and r["threads"] == count]
             name = f"train vocab {vocab}, {count} thread{'s' if count > 1 else ''}"
             ours = next((r for r in cell if r["peer"] == US), None)
-            peers_ok = [r for r in cell if not r["peer"].startswith(US) and r.get("status") == "ok" and r.get("median_s")]
+            peers_ok = [
+                r
+                for r in cell
+                if not r["peer"].startswith(US) and r.get("status") == "ok" and r.get("median_s")
+            ]
             if ours is None or not peers_ok:
-                found.append(_target("train", name, None, TRAIN_GOAL, detail="bpe_fast or every exact trainer missing"))
+                found.append(
+                    _target("train", name, None, TRAIN_GOAL, detail="bpe_fast or every exact trainer missing")
+                )
                 continue
             if ours.get("status") != "ok" or not ours.get("median_s"):
-                found.append({**_target("train", name, None, TRAIN_GOAL, detail=f"bpe_fast: {ours.get('status')}"), "met": False})
+                found.append(
+                    {
+                        **_target("train", name, None, TRAIN_GOAL, detail=f"bpe_fast: {ours.get('status')}"),
+                        "met": False,
+                    }
+                )
                 continue
             best = min(peers_ok, key=lambda r: r["median_s"])
             ratio = best["median_s"] / ours["median_s"]
             detail = f"bpe_fast {ours['median_s']:.2f} s; fastest exact trainer {best['peer']} {best['median_s']:.2f} s"
-            found.append(_target("train", name, ratio, TRAIN_GOAL, detail=detail, us=ours["median_s"], best=best["peer"]))
+            found.append(
+                _target(
+                    "train", name, ratio, TRAIN_GOAL, detail=detail, us=ours["median_s"], best=best["peer"]
+                )
+            )
     return found
 
 
@@ -179,20 +213,33 @@ def scaling_targets(rows: Sequence[dict], sizes: Sequence[float]) -> List[dict]:
     if not rows or len(sizes) < 2:
         return found
     for task in ("encode", "train"):
-        def speed(size):
-            row = next((r for r in rows if r["peer"] == US and r["task"] == task and r["size_mb"] == size), None)
+
+        def speed(size, task=task):
+            row = next(
+                (r for r in rows if r["peer"] == US and r["task"] == task and r["size_mb"] == size), None
+            )
             return row["mb_per_s"] if row and row.get("mb_per_s") else None
 
         small, large = speed(sizes[0]), speed(sizes[-1])
         growth = small / large if small and large else None
         found.append(
-            _target("scaling", f"{task} time per MB, {sizes[-1]:g} MB vs {sizes[0]:g} MB (linear = 1)", growth, SCALING_GOAL, higher_is_better=False)
+            _target(
+                "scaling",
+                f"{task} time per MB, {sizes[-1]:g} MB vs {sizes[0]:g} MB (linear = 1)",
+                growth,
+                SCALING_GOAL,
+                higher_is_better=False,
+            )
         )
     return found
 
 
-def evaluate(results: dict, train_vocabs: Sequence[int] = (8192, 32768), train_threads: Sequence[int] = (1, 2),
-             scaling_sizes: Sequence[float] = ()) -> List[dict]:
+def evaluate(
+    results: dict,
+    train_vocabs: Sequence[int] = (8192, 32768),
+    train_threads: Sequence[int] = (1, 2),
+    scaling_sizes: Sequence[float] = (),
+) -> List[dict]:
     """Every target, in report order."""
     found: List[dict] = []
     encode = results.get("encode")
@@ -209,10 +256,16 @@ def evaluate(results: dict, train_vocabs: Sequence[int] = (8192, 32768), train_t
             found.append(threads)
         patho = [r for r in encode.get("rows", []) if r["section"] == "pathological" and r["vocab"] == "gpt2"]
         if patho:
-            found += pathological_targets(patho, "kind", "normal_en", ("one_char", "spaces", "carets", "one_word"), "encode")
+            found += pathological_targets(
+                patho, "kind", "normal_en", ("one_char", "spaces", "carets", "one_word"), "encode"
+            )
     if results.get("pathological_train"):
         found += pathological_targets(
-            results["pathological_train"], "input", "normal_mixed", ("one_char", "spaces", "carets", "one_word"), "train"
+            results["pathological_train"],
+            "input",
+            "normal_mixed",
+            ("one_char", "spaces", "carets", "one_word"),
+            "train",
         )
     if results.get("scaling"):
         found += scaling_targets(results["scaling"], scaling_sizes)

@@ -233,7 +233,9 @@ def batch_slices(kind: str, runs: int, batch_bytes: int, folder: Optional[Path] 
             size = 0
             while size < batch_bytes:
                 if index >= len(items):
-                    raise ValueError(f"not enough {kind} text for {len(paths)} batches of {batch_bytes} bytes")
+                    raise ValueError(
+                        f"not enough {kind} text for {len(paths)} batches of {batch_bytes} bytes"
+                    )
                 batch.append(items[index])
                 size += len(items[index].encode("utf-8"))
                 index += 1

@@ -35,7 +35,9 @@ def bpe_fast_token_list(tok) -> List[bytes]:
 def _hf_strings_to_tokens(vocab: Dict[str, int]) -> List[bytes]:
     """HF byte-level token strings (GPT-2's byte<->character map) to bytes, ordered by id."""
     byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
-    return [bytes(byte_of[char] for char in token) for token, _id in sorted(vocab.items(), key=lambda kv: kv[1])]
+    return [
+        bytes(byte_of[char] for char in token) for token, _id in sorted(vocab.items(), key=lambda kv: kv[1])
+    ]
 
 
 def _train_bpe_fast(path: Path, vocab_size: int, threads: int) -> TrainResult:

@@ -69,7 +69,7 @@ class VocabSpec:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "VocabSpec":
+    def from_dict(cls, data: dict) -> VocabSpec:
         data = dict(data)
         if data.get("gpt2_files"):
             data["gpt2_files"] = tuple(data["gpt2_files"])
@@ -195,7 +195,9 @@ def openai_constructor_args(openai_name: str, local_file: Path) -> dict:
             raise VocabUnavailable(f"{openai_name} wants {url}; only {local_file} is available offline")
         data = local_file.read_bytes()
         if expected_hash and hashlib.sha256(data).hexdigest() != expected_hash:
-            raise VocabUnavailable(f"{local_file} is not the {openai_name} file tiktoken expects (sha256 differs)")
+            raise VocabUnavailable(
+                f"{local_file} is not the {openai_name} file tiktoken expects (sha256 differs)"
+            )
         return tiktoken.load.load_tiktoken_bpe(str(local_file))
 
     original = openai_public.load_tiktoken_bpe
@@ -224,7 +226,9 @@ def _export_hf_json(name: str, tiktoken_file: Path, pattern: str, special_tokens
             from bpe_fast.export import save_hf
         except ImportError as exc:
             raise VocabUnavailable(f"writing {target.name} needs bpe_fast ({exc})") from None
-        tok = bpe_fast.Tokenizer.from_tiktoken(str(tiktoken_file), pattern=pattern, special_tokens=special_tokens)
+        tok = bpe_fast.Tokenizer.from_tiktoken(
+            str(tiktoken_file), pattern=pattern, special_tokens=special_tokens
+        )
         save_hf(tok, target)
     return target
 
