@@ -369,24 +369,51 @@ def _group_rows(found: Sequence[dict]) -> List[tuple]:
     return list(groups.items())
 
 
+def _amount(value: Optional[float], group: str) -> str:
+    if value is None:
+        return "-"
+    if group in ("train", "load"):
+        return f"{value:.2f} s"
+    return f"{value:.1f} MB/s"
+
+
 def readme_table(results: dict, found: Sequence[dict]) -> str:
-    """README's speed table: one row per workload; "fastest" only where every target of the row holds."""
+    """README's speed table: one row per workload; "fastest" only where every target of the row holds.
+
+    bpe_fast's column is its range over the row's cells; the peer column is the fastest exact peer of the
+    row's worst cell (where bpe_fast's lead is smallest), with its own figure.
+    """
     body = []
     for label, group in _group_rows(found):
-        values = [t["value"] for t in group if t["value"] is not None]
-        worst = min(values) if values else None
+        kind = group[0]["group"]
+        measured = [t for t in group if t["value"] is not None]
+        ours = [t["us"] for t in group if t.get("us") is not None]
+        if ours:
+            low, high = min(ours), max(ours)
+            mine = (
+                _amount(low, kind)
+                if low == high
+                else f"{_amount(low, kind).split()[0]}-{_amount(high, kind)}"
+            )
+        else:
+            mine = "-"
+        worst = min(measured, key=lambda t: t["value"]) if measured else None
+        peer = (
+            f"{worst['best']} {_amount(worst.get('best_value'), kind)}"
+            if worst and worst.get("best")
+            else "-"
+        )
         if all(t["met"] is True for t in group):
-            claim = "fastest" if group[0]["group"] not in ("threads", "load") else "target met"
-            if group[0]["group"] == "load":
-                claim = "no slower than any peer"
+            claim = {"load": "no slower than any peer", "threads": "target met"}.get(kind, "fastest")
         elif any(t["met"] is False for t in group):
-            missed = next(t for t in group if t["met"] is False)
-            claim = f"not fastest ({missed.get('detail') or missed['target']})"
+            claim = "not fastest" if kind not in ("load", "threads") else "target missed"
         else:
             claim = "not measured"
-        goal = group[0]["goal"]
-        body.append([label, fmt_ratio(worst), goal, claim])
-    lines = table(["workload", "bpe_fast vs fastest exact peer (worst cell)", "target", "claim"], body)
+        ratio = fmt_ratio(worst["value"]) if worst else "-"
+        body.append([label, mine, peer, ratio, group[0]["goal"], claim])
+    lines = table(
+        ["workload", "bpe_fast", "fastest exact peer (worst cell)", "ratio", "target", "claim"], body
+    )
     return "\n".join(lines).rstrip("\n")
 
 
