@@ -74,7 +74,7 @@ def valid_up_to_ties(chunk_counts: Dict[bytes, int], tokens: Sequence[bytes]) ->
         have = counts.get(pair, 0)
         if have <= 0 or have != best:
             return False, f"merge {step} has count {have}, but a pair with count {best} was available"
-        for index in sorted(where.pop(pair, ())):
+        for index in where.pop(pair, ()):
             old = words[index]
             new: List[int] = []
             i = 0
