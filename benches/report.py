@@ -27,7 +27,7 @@ if __package__ in (None, ""):
 
 from benches import corpus, measure_encode, measure_train, peers, render, targets, vocabs  # noqa: E402
 from benches.measure_encode import log  # noqa: E402
-from bpe_fast.cliutil import ArgumentParser, UserError, positive_float, positive_int, run_main  # noqa: E402
+from bpe_fast.cliutil import ArgumentParser, UserError, bounded, positive_float, positive_int, run_main  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
@@ -103,8 +103,8 @@ def parse_args(argv=None):
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections (default: all)")
     parser.add_argument(
         "--runs",
-        type=positive_int,
-        help="timed slices per cell, median shown (default 3; at least 3 for a fair median)",
+        type=bounded(int, minimum=3),
+        help="timed slices per cell, each unseen, median shown (default and minimum 3)",
     )
     parser.add_argument(
         "--slice-mb", type=positive_float, help="size of each single-call slice in MB (full 1, quick 0.25)"
