@@ -65,39 +65,53 @@ def valid_up_to_ties(chunk_counts: Dict[bytes, int], tokens: Sequence[bytes]) ->
         for pair in zip(word, word[1:]):
             counts[pair] += weight[index]
             where[pair].add(index)
+    # A lazy max-heap: an entry is pushed whenever a pair's count rises; an entry whose count is no longer
+    # current is dropped when it reaches the top and pushed again at the pair's current count. So every
+    # pair with a positive count has an entry at least as high as its count, and a current top is the max.
     heap = [(-count, pair) for pair, count in counts.items()]
     heapq.heapify(heap)
+    push, pop = heapq.heappush, heapq.heappop
     for step, (pair, new_id) in enumerate(merges):
-        while heap and -heap[0][0] != counts.get(heap[0][1], 0):
-            heapq.heappop(heap)  # stale entry
+        while heap:
+            negative, top = heap[0]
+            current = counts.get(top, 0)
+            if -negative == current:
+                break
+            pop(heap)
+            if current > 0:
+                push(heap, (-current, top))
         best = -heap[0][0] if heap else 0
         have = counts.get(pair, 0)
         if have <= 0 or have != best:
             return False, f"merge {step} has count {have}, but a pair with count {best} was available"
+        left, right = pair
         for index in where.pop(pair, ()):
             old = words[index]
             new: List[int] = []
-            i = 0
-            while i < len(old):
-                if i + 1 < len(old) and old[i] == pair[0] and old[i + 1] == pair[1]:
+            i, size = 0, len(old)
+            while i < size:
+                if i + 1 < size and old[i] == left and old[i + 1] == right:
                     new.append(new_id)
                     i += 2
                 else:
                     new.append(old[i])
                     i += 1
-            if len(new) == len(old):
-                continue
-            w = weight[index]
+            if len(new) == size:
+                continue  # a stale index: the word lost the pair to an earlier merge
+            delta: Dict[Pair, int] = {}
             for p in zip(old, old[1:]):
-                counts[p] -= w
+                delta[p] = delta.get(p, 0) - 1
             for p in zip(new, new[1:]):
-                counts[p] += w
-                where[p].add(index)
-                heapq.heappush(heap, (-counts[p], p))
-            for p in set(zip(old, old[1:])):
-                if counts[p] > 0:
-                    heapq.heappush(heap, (-counts[p], p))
-                else:
-                    counts.pop(p, None)
+                delta[p] = delta.get(p, 0) + 1
+            w = weight[index]
+            for p, d in delta.items():
+                if d > 0:
+                    counts[p] += d * w
+                    where[p].add(index)
+                    push(heap, (-counts[p], p))
+                elif d < 0:
+                    counts[p] += d * w
+                    if counts[p] <= 0:
+                        del counts[p]
             words[index] = new
     return True, f"each of its {len(merges)} merges had the top pair count at its step"
