@@ -376,7 +376,18 @@ def _load_row(outcome: dict, peer: str, vocab: str) -> dict:
             "seconds": None,
             "status": "not comparable: trains its vocab instead",
         }
-    return {"vocab": vocab, "peer": peer, "seconds": outcome.get("load_seconds"), "status": "ok"}
+    first = outcome.get("first_call_seconds")
+    return {
+        "vocab": vocab,
+        "peer": peer,
+        "construction_seconds": outcome.get("load_seconds"),
+        "first_call_seconds": first,
+        # What the target compares: ready to encode, i.e. construction plus the first (short) call.
+        "seconds": outcome["load_seconds"] + (first or 0.0)
+        if outcome.get("load_seconds") is not None
+        else None,
+        "status": "ok",
+    }
 
 
 def _remove_tree(path: Path) -> None:

@@ -153,7 +153,7 @@ CALLS = {
     "hf_tokenizers": "`BpeTrainer(vocab_size=V, min_frequency=0, initial_alphabet=256 bytes)`, "
     "Split(GPT-2) + ByteLevel, `train_from_iterator(blocks)`",
     "bpeasy": "`train_bpe(blocks, GPT-2, 128, V, batch_size=128)`",
-    "gigabpe": "`train_bpe([path], V, pretokenizer='bytelevel', threads=T)`",
+    "gigabpe": "`train_bpe([path], V - 256 + distinct bytes, pretokenizer='bytelevel', threads=T)`",
     "ffbpe": "`ffbpe.train_bpe(blocks, vocab_size=V)` (default pattern: GPT-2)",
 }
 
