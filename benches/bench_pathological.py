@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from benches import corpus, measure, peers
+from benches import corpus, measure, trainers
 from benches.conftest import ROUNDS, THREADS, assert_identical, require_peer
 
 SIZE = int(float(os.environ.get("BPE_FAST_BENCH_PATHOLOGICAL_MB", "1")) * corpus.MB)
@@ -39,7 +39,7 @@ def test_encode_pathological(benchmark, gpt2_encoders, inputs, peer, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("peer", [p for p in peers.TRAINERS if p != "bpe_fast_texts"])
+@pytest.mark.parametrize("peer", [p for p in trainers.TRAINERS if p != "bpe_fast_texts"])
 def test_train_pathological(benchmark, inputs, us_available, peer, kind):
     if peer.startswith("bpe_fast") and not us_available:
         pytest.skip("bpe_fast extension not built")
@@ -49,6 +49,8 @@ def test_train_pathological(benchmark, inputs, us_available, peer, kind):
 
     def run_once():
         outcome = measure.run_training(peer, path, 8192, THREADS, timeout_s=TRAIN_TIMEOUT_S)
+        if "unavailable" in outcome:
+            pytest.skip(f"{peer} is not available: {outcome['unavailable']}")
         if outcome.get("error", "").startswith("timed out"):
             pytest.skip(f"{peer} did not finish {kind} in {TRAIN_TIMEOUT_S} s (super-linear on this input)")
         assert "error" not in outcome, f"{peer} training failed on {kind}: {outcome['error']}"

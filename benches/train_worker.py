@@ -42,12 +42,12 @@ def _peak_rss_mb() -> float:
 
 
 def main(argv=None) -> int:
-    from benches import peers
+    from benches import peers, trainers, vocabs
 
     parser = argparse.ArgumentParser(
         prog="python -m benches.train_worker", description="Time one BPE training run of one peer."
     )
-    parser.add_argument("--peer", required=True, choices=peers.TRAINERS, help="which trainer to run")
+    parser.add_argument("--peer", required=True, choices=trainers.TRAINERS, help="which trainer to run")
     parser.add_argument("--corpus", required=True, type=Path, help="UTF-8 text file to train on")
     parser.add_argument("--vocab", required=True, type=int, help="target vocab size (256 bytes + merges)")
     parser.add_argument(
@@ -68,19 +68,22 @@ def main(argv=None) -> int:
         parser.error(f"--threads {args.threads} but RAYON_NUM_THREADS={pinned!r}: run through benches.report")
 
     # Import the peer's library before the baseline so its import cost is not counted as training memory.
-    module = {"bpe_fast": "bpe_fast", "bpe_fast_texts": "bpe_fast", "hf_tokenizers": "tokenizers"}.get(
-        args.peer, args.peer
-    )
-    __import__(module)
+    try:
+        peers.import_peer(args.peer)
+    except peers.PeerUnavailable as exc:
+        # Not installed: one JSON line the report shows as "not available", never a traceback.
+        json.dump({"peer": args.peer, "unavailable": str(exc)}, sys.stdout)
+        sys.stdout.write("\n")
+        return 0
     baseline = _peak_rss_mb()
     # CPU over wall time around the whole call (the token-list conversion included): how many cores the
     # trainer really kept busy, to check the thread pinning took effect.
     cpu_start, wall_start = time.process_time(), time.perf_counter()
-    seconds, tokens = peers.train(args.peer, args.corpus, args.vocab, args.threads)
+    seconds, tokens = trainers.train(args.peer, args.corpus, args.vocab, args.threads)
     cores_used = (time.process_time() - cpu_start) / (time.perf_counter() - wall_start)
     peak = _peak_rss_mb()
     if args.save_ranks:
-        peers.write_tiktoken_file(tokens, args.save_ranks)
+        vocabs.write_tiktoken_file(tokens, args.save_ranks)
     json.dump(
         {
             "peer": args.peer,

@@ -23,7 +23,7 @@ from typing import Dict, List, Set
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benches import corpus, measure, peers  # noqa: E402
+from benches import corpus, measure, peers, trainers  # noqa: E402
 
 
 def joined_letter_pairs(tokens: List[bytes]) -> Dict[str, List[str]]:
@@ -57,7 +57,7 @@ def main() -> None:
 
     size = int(args.mb * corpus.MB)
     encoders = peers.gpt2_encoders()
-    tokens = peers._bpe_fast_token_list(encoders["bpe_fast"].tok)
+    tokens = trainers.bpe_fast_token_list(encoders["bpe_fast"].tok)
     inputs = {
         "unsplittable_word": unsplittable_word(size, tokens),
         "one_word (report)": corpus.pathological_texts(size)["one_word"],
