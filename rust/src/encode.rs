@@ -162,7 +162,7 @@ impl Merger {
 
     /// (rank, made) of the pair of single-byte tokens of `first` and `second`.
     #[inline]
-    fn byte_pair(&self, first: u8, second: u8) -> (u32, u32) {
+    pub(crate) fn byte_pair(&self, first: u8, second: u8) -> (u32, u32) {
         self.byte_pairs[usize::from(first) << 8 | usize::from(second)]
     }
 

@@ -1,9 +1,9 @@
 //! A per-thread cache of the BPE of short pieces (2..=16 bytes) that are not whole tokens.
 //!
-//! Whole tokens are answered by `WordTable`; what is left of short chunks, and the pieces long
+//! Whole tokens are answered by `TokenTable`; what is left of short chunks, and the pieces long
 //! chunks are cut into (`Merger::split_points`), repeats a lot even in text never seen before:
 //! Chinese under GPT-2's vocabulary cuts into a few thousand distinct characters and pairs. Keys are
-//! the bytes packed into integers, as in `WordTable`; each slot holds its ids inline, so a hit is one
+//! the bytes packed into integers, as in `TokenTable`; each slot holds its ids inline, so a hit is one
 //! probe and one small copy. The table is emptied when it is three quarters full (the working set
 //! of frequent pieces refills it at once) rather than evicting entry by entry.
 //!

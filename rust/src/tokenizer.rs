@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::piece_cache::PieceCache;
 use crate::pretokenize::Pattern;
 use crate::threads::with_threads;
-use crate::word_table::{WordTable, LONG_KEY_MAX};
+use crate::word_table::{TokenInfo, TokenTable, LONG_KEY_MAX};
 
 /// Ids above this are refused (far above any real vocabulary; models index embedding tables by id).
 pub const MAX_ID: u32 = (1 << 26) - 1;
@@ -160,8 +160,9 @@ pub struct Tokenizer {
     /// (long Chinese clauses above all) fail this 8 KiB test and skip hashing and probing the
     /// whole-token map, which misses the caches.
     whole_shapes: WholeShapes,
-    /// The same lookup as `whole` for tokens of 2..=16 bytes, without hashing bytes.
-    words: WordTable,
+    /// Every token of 2..=16 bytes by its bytes: the whole-token lookup for short chunks (`whole`
+    /// holds only longer ones), and BPE's pair lookup for short pieces.
+    table: TokenTable,
     specials: Vec<(String, u32)>,
     /// id -> (start, len) in `decode_bytes` for the ids below its length; len u32::MAX = no such id.
     decode_spans: Vec<(u32, u32)>,
@@ -401,21 +402,42 @@ impl Tokenizer {
         // Only a shortcut, so tokens longer than WHOLE_TOKEN_MAX_LEN are left out: proving them
         // costs a BPE run each, and training on one long run ("aaaa...") makes tokens of up to
         // half the run's length, whose checks took longer than the training itself.
-        let whole: FxHashMap<Vec<u8>, u32> = tokens
+        let is_whole: Vec<bool> = tokens
             .par_iter()
-            .filter(|(_, bytes)| (2..=WHOLE_TOKEN_MAX_LEN).contains(&bytes.len()))
-            .filter_map(|(id, bytes)| {
+            .map(|(id, bytes)| {
+                if !(2..=WHOLE_TOKEN_MAX_LEN).contains(&bytes.len()) {
+                    return false;
+                }
                 let mut parts = Vec::new();
                 merger.encode(bytes, &mut parts);
-                (parts == [*id]).then(|| (bytes.clone(), *id))
+                parts == [*id]
             })
             .collect();
-
-        let words = WordTable::new(whole.iter().map(|(bytes, &id)| (bytes.as_slice(), id)));
+        let whole: FxHashMap<Vec<u8>, u32> = tokens
+            .iter()
+            .zip(&is_whole)
+            .filter(|((_, bytes), &is)| is && bytes.len() > LONG_KEY_MAX)
+            .map(|((id, bytes), _)| (bytes.clone(), *id))
+            .collect();
         let mut whole_shapes = WholeShapes::default();
-        for bytes in whole.keys().filter(|b| b.len() > LONG_KEY_MAX) {
+        for bytes in whole.keys() {
             whole_shapes.add(bytes);
         }
+        let table = TokenTable::new(
+            tokens
+                .iter()
+                .zip(&is_whole)
+                .filter(|((_, bytes), _)| (2..=LONG_KEY_MAX).contains(&bytes.len()))
+                .map(|((id, bytes), &is)| {
+                    let merge = produced
+                        .get(id)
+                        .map(|&rank| (rank as u32, bytes_of[&merges[rank].0].len()));
+                    (
+                        bytes.as_slice(),
+                        TokenInfo::new(*id, bytes.len(), is, merge),
+                    )
+                }),
+        );
 
         let (decode_spans, sparse_spans, decode_bytes, vocab_size) =
             build_decode_table(&tokens, &specials)?;
@@ -427,7 +449,7 @@ impl Tokenizer {
             tokens,
             whole,
             whole_shapes,
-            words,
+            table,
             specials,
             decode_spans,
             sparse_spans,
@@ -494,7 +516,9 @@ impl Tokenizer {
     }
 
     /// Appends the tokens of the chunk `text[start..start + len]` (`text` is the whole text, so
-    /// short chunks can be loaded as words: see `WordTable`).
+    /// short chunks can be loaded as words: see `TokenTable`). The two outcomes of most chunks (a
+    /// single byte, a whole token of at most 16 bytes) are inline; the rest is out of line, so the
+    /// loop over a batch of chunks stays small.
     #[inline(always)]
     fn encode_chunk(
         &self,
@@ -504,9 +528,28 @@ impl Tokenizer {
         out: &mut Vec<u32>,
         cache: &mut ChunkCache,
     ) {
-        if len <= LONG_KEY_MAX {
-            return self.encode_short_piece(text, start, len, out, cache);
+        if len == 1 {
+            out.push(self.merger.byte_id(text[start]));
+        } else if len <= LONG_KEY_MAX {
+            match self.table.whole(text, start, len) {
+                Some(id) => out.push(id),
+                None => self.encode_piece_not_whole(text, start, len, out, cache),
+            }
+        } else {
+            self.encode_long_chunk(text, start, len, out, cache);
         }
+    }
+
+    /// A chunk of more than 16 bytes: a whole token, a cached chunk, or BPE of its pieces.
+    #[inline(never)]
+    fn encode_long_chunk(
+        &self,
+        text: &[u8],
+        start: usize,
+        len: usize,
+        out: &mut Vec<u32>,
+        cache: &mut ChunkCache,
+    ) {
         let chunk = &text[start..start + len];
         if self.whole_shapes.contains(chunk) {
             if let Some(&id) = self.whole.get(chunk) {
@@ -540,8 +583,26 @@ impl Tokenizer {
         }
     }
 
-    /// A chunk or piece of at most 16 bytes: its byte, a whole token, a cached piece, or BPE (whose
-    /// result is then cached).
+    /// A piece of 2..=16 bytes that is not a whole token: cached, or BPE (then cached).
+    #[inline(never)]
+    fn encode_piece_not_whole(
+        &self,
+        text: &[u8],
+        start: usize,
+        len: usize,
+        out: &mut Vec<u32>,
+        cache: &mut ChunkCache,
+    ) {
+        if cache.pieces.get(text, start, len, out) {
+            return;
+        }
+        let at = out.len();
+        self.encode_pieces(text, start, len, out, cache);
+        cache.pieces.insert(text, start, len, &out[at..]);
+    }
+
+    /// A piece of at most 16 bytes: its byte, a whole token, a cached piece, or BPE (whose result
+    /// is then cached).
     #[inline(always)]
     fn encode_short_piece(
         &self,
@@ -555,16 +616,75 @@ impl Tokenizer {
             out.push(self.merger.byte_id(text[start]));
             return;
         }
-        if let Some(id) = self.words.get(text, start, len) {
-            out.push(id);
-            return;
+        match self.table.whole(text, start, len) {
+            Some(id) => out.push(id),
+            None => self.encode_piece_not_whole(text, start, len, out, cache),
         }
-        if cache.pieces.get(text, start, len, out) {
-            return;
+    }
+
+    /// BPE of `text[start..start + n]` (2 <= n <= 16), the pair question answered by bytes
+    /// (`TokenTable::pair`: one probe of the table short chunks use anyway, instead of hashing an id
+    /// pair). The scan for the lowest rank is `Merger::encode_short`'s (arrays of fixed size, a
+    /// merged-away part keeps NO_RANK, `next`/`prev` link the live ones), here at 16 entries so
+    /// that setting them up is a few vector stores rather than a `memset` call.
+    fn bpe_by_bytes(&self, text: &[u8], start: usize, n: usize, out: &mut Vec<u32>) {
+        const N: usize = LONG_KEY_MAX;
+        const NONE: (u32, u32) = (u32::MAX, u32::MAX);
+        debug_assert!((2..=N).contains(&n));
+        let pair = |a: usize, b: usize, c: usize| {
+            self.table
+                .pair(text, start + a, start + b, start + c)
+                .unwrap_or(NONE)
+        };
+        let mut sym = [0u32; N];
+        let mut rank = [u32::MAX; N];
+        let mut made = [0u32; N];
+        // next[i]: where the part after part i starts (n: none); parts keep their first offset.
+        let mut next = [0u8; N];
+        let mut prev = [0u8; N];
+        for i in 0..n {
+            sym[i] = self.merger.byte_id(text[start + i]);
+            next[i] = i as u8 + 1;
+            prev[i] = i.saturating_sub(1) as u8;
         }
-        let at = out.len();
-        self.encode_pieces(text, start, len, out, cache);
-        cache.pieces.insert(text, start, len, &out[at..]);
+        for i in 0..n - 1 {
+            (rank[i], made[i]) = self.merger.byte_pair(text[start + i], text[start + i + 1]);
+        }
+        loop {
+            let mut best = u32::MAX;
+            let mut at = 0;
+            // Strict `<`: the leftmost of equal ranks wins.
+            for (i, &r) in rank[..n - 1].iter().enumerate() {
+                if r < best {
+                    best = r;
+                    at = i;
+                }
+            }
+            if best == u32::MAX {
+                break;
+            }
+            let right = usize::from(next[at]);
+            let after = usize::from(next[right]);
+            sym[at] = made[at];
+            rank[right] = u32::MAX;
+            next[at] = after as u8;
+            if after < n {
+                prev[after] = at as u8;
+                let end = usize::from(next[after]);
+                (rank[at], made[at]) = pair(at, after, end);
+            } else {
+                rank[at] = u32::MAX;
+            }
+            if at > 0 {
+                let before = usize::from(prev[at]);
+                (rank[before], made[before]) = pair(before, at, after);
+            }
+        }
+        let mut i = 0;
+        while i < n {
+            out.push(sym[i]);
+            i = usize::from(next[i]);
+        }
     }
 
     /// BPE of `text[start..start + len]` as a whole: cut where no merge can join
@@ -585,7 +705,11 @@ impl Tokenizer {
             let piece_len = end - piece_start;
             if piece_len == len {
                 // Nothing to cut: BPE of the whole.
-                self.merger.encode_unsplit(chunk, out);
+                if len <= LONG_KEY_MAX {
+                    self.bpe_by_bytes(text, start, len, out);
+                } else {
+                    self.merger.encode_unsplit(chunk, out);
+                }
             } else if piece_len <= LONG_KEY_MAX {
                 self.encode_short_piece(text, start + piece_start, piece_len, out, cache);
             } else {

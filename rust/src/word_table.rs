@@ -1,11 +1,15 @@
-//! Exact lookup of short chunks by their bytes packed into one integer.
+//! Exact lookup of tokens of 2..=16 bytes by their bytes packed into one integer.
 //!
 //! Most chunks of running text are short (an English word with its leading space is 5-6 bytes on
-//! average) and most are a whole token. A table keyed by the chunk's bytes packed little-endian into
-//! a `u64` (chunks of up to 8 bytes) or a `u128` (up to 16), plus the length, answers "which token
-//! is this chunk?" with one multiply, one load of a 16- or 32-byte slot, and one compare: no byte
-//! loop, no pointer to follow, no `memcmp`. It is built once per tokenizer from the tokens whose
-//! own bytes BPE-encode to themselves, so a first-seen word that is a token costs one probe.
+//! average) and most are a whole token. A table keyed by the bytes packed little-endian into a
+//! `u64` (up to 8 bytes) or a `u128` (up to 16), plus the length, answers "which token is this?"
+//! with one multiply, one load of a 16- or 32-byte slot, and one compare: no byte loop, no pointer
+//! to follow, no `memcmp`. It holds every token of 2..=16 bytes with what encoding needs about it:
+//! its id, whether its own bytes BPE-encode to it ("whole": a chunk equal to it is that token), and
+//! the rank and split point of the merge that makes it. The last two answer BPE's pair question
+//! by bytes: parts `a` and `b` next to each other merge exactly when the token spelled by their
+//! bytes together is made by a merge whose left side is as long as `a` (token bytes are unique, so
+//! equal lengths mean equal parts). One probe, instead of hashing an id pair into a hash map.
 //!
 //! Rejected: the `FxHashMap<Vec<u8>, u32>` it replaces for these lengths (hashing the bytes in a
 //! loop, then a pointer chase and a `memcmp` per probe: `memcmp` alone was 14% of a profile of
@@ -47,45 +51,81 @@ pub fn word_at(text: &[u8], start: usize, len: usize) -> u64 {
     }
 }
 
+/// What the table knows of a token, packed into a `u64` (0 = empty slot): bits 0-25 its id,
+/// 26-51 the rank of the merge that makes it (`NO_MERGE`: none), 52-56 the length of that merge's
+/// left side, 57 "whole", 58-62 its length in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenInfo(u64);
+
+/// Rank field of a token made by no merge.
+const NO_MERGE: u64 = (1 << 26) - 1;
+
+impl TokenInfo {
+    /// `rank`: of the merge that makes the token, with `split` the length of its left side; None
+    /// when no merge makes it. Ids and ranks must be below 2^26 - 1 (the tokenizer's MAX_ID).
+    pub fn new(id: u32, len: usize, whole: bool, merge: Option<(u32, usize)>) -> TokenInfo {
+        debug_assert!((2..=LONG_KEY_MAX).contains(&len) && u64::from(id) < NO_MERGE);
+        let (rank, split) = merge.map_or((NO_MERGE, 0), |(r, s)| (u64::from(r), s as u64));
+        debug_assert!(rank <= NO_MERGE && split < 32);
+        TokenInfo(
+            u64::from(id) | rank << 26 | split << 52 | u64::from(whole) << 57 | (len as u64) << 58,
+        )
+    }
+
+    #[inline(always)]
+    pub fn id(self) -> u32 {
+        (self.0 & ((1 << 26) - 1)) as u32
+    }
+
+    #[inline(always)]
+    pub fn byte_len(self) -> usize {
+        (self.0 >> 58) as usize
+    }
+
+    #[inline(always)]
+    pub fn is_whole(self) -> bool {
+        self.0 >> 57 & 1 == 1
+    }
+
+    /// (rank, id) when the token is made by a merge whose left side is `split` bytes long.
+    #[inline(always)]
+    pub fn merge_with_split(self, split: usize) -> Option<(u32, u32)> {
+        let rank = self.0 >> 26 & NO_MERGE;
+        let its_split = (self.0 >> 52 & 31) as usize;
+        (rank != NO_MERGE && its_split == split).then(|| (rank as u32, self.id()))
+    }
+}
+
 #[derive(Clone, Copy, Default)]
 #[repr(C)]
 struct ShortSlot {
     key: u64,
-    /// 0 marks an empty slot (no chunk is empty).
-    len: u32,
-    id: u32,
+    info: u64,
 }
 
 #[derive(Clone, Copy, Default)]
-#[repr(C)]
+#[repr(C, align(32))]
 struct LongSlot {
     low: u64,
     high: u64,
-    len: u32,
-    id: u32,
+    info: u64,
 }
 
-/// Whole-token lookup for chunks of 2..=16 bytes; immutable once built (shared by all threads).
-#[derive(Debug)]
-pub struct WordTable {
+/// Every token of 2..=16 bytes, by its bytes; immutable once built (shared by all threads).
+pub struct TokenTable {
     short: Box<[ShortSlot]>,
     short_shift: u32,
     long: Box<[LongSlot]>,
     long_shift: u32,
 }
 
-impl std::fmt::Debug for ShortSlot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ShortSlot({:#x}, {}, {})", self.key, self.len, self.id)
-    }
-}
-
-impl std::fmt::Debug for LongSlot {
+impl std::fmt::Debug for TokenTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "LongSlot({:#x}{:016x}, {}, {})",
-            self.high, self.low, self.len, self.id
+            "TokenTable({} + {} slots)",
+            self.short.len(),
+            self.long.len()
         )
     }
 }
@@ -107,43 +147,53 @@ fn slots_for(entries: usize) -> (usize, u32) {
     (size, 64 - size.trailing_zeros())
 }
 
-impl WordTable {
-    /// A table of the given (bytes, id) entries; entries outside 2..=16 bytes are ignored.
-    pub fn new<'a>(entries: impl IntoIterator<Item = (&'a [u8], u32)>) -> WordTable {
+impl TokenTable {
+    /// A table of the given (bytes, info) entries; entries outside 2..=16 bytes are ignored, and
+    /// of two entries with the same bytes the first is kept.
+    pub fn new<'a>(entries: impl IntoIterator<Item = (&'a [u8], TokenInfo)>) -> TokenTable {
         let (short_entries, long_entries): (Vec<_>, Vec<_>) = entries
             .into_iter()
             .filter(|(bytes, _)| (2..=LONG_KEY_MAX).contains(&bytes.len()))
             .partition(|(bytes, _)| bytes.len() <= SHORT_KEY_MAX);
         let (size, short_shift) = slots_for(short_entries.len());
         let mut short = vec![ShortSlot::default(); size].into_boxed_slice();
-        for (bytes, id) in short_entries {
+        for (bytes, info) in short_entries {
             let key = word_at(bytes, 0, bytes.len());
             let mut at = short_hash(key, bytes.len(), short_shift);
-            while short[at].len != 0 {
+            while short[at].info != 0 {
+                if short[at].key == key && TokenInfo(short[at].info).byte_len() == bytes.len() {
+                    break;
+                }
                 at = (at + 1) & (size - 1);
             }
-            short[at] = ShortSlot {
-                key,
-                len: bytes.len() as u32,
-                id,
-            };
+            if short[at].info == 0 {
+                short[at] = ShortSlot { key, info: info.0 };
+            }
         }
         let (size, long_shift) = slots_for(long_entries.len());
         let mut long = vec![LongSlot::default(); size].into_boxed_slice();
-        for (bytes, id) in long_entries {
+        for (bytes, info) in long_entries {
             let (low, high) = (word_at(bytes, 0, 8), word_at(bytes, 8, bytes.len() - 8));
             let mut at = long_hash(low, high, bytes.len(), long_shift);
-            while long[at].len != 0 {
+            while long[at].info != 0 {
+                let slot = long[at];
+                if slot.low == low
+                    && slot.high == high
+                    && TokenInfo(slot.info).byte_len() == bytes.len()
+                {
+                    break;
+                }
                 at = (at + 1) & (size - 1);
             }
-            long[at] = LongSlot {
-                low,
-                high,
-                len: bytes.len() as u32,
-                id,
-            };
+            if long[at].info == 0 {
+                long[at] = LongSlot {
+                    low,
+                    high,
+                    info: info.0,
+                };
+            }
         }
-        WordTable {
+        TokenTable {
             short,
             short_shift,
             long,
@@ -151,51 +201,66 @@ impl WordTable {
         }
     }
 
-    /// The token whose bytes are `text[start..start + len]` (2 <= len <= 8), if any.
+    /// The token spelled by `text[start..start + len]` (2 <= len <= 8), if any.
     #[inline(always)]
-    pub fn get_short(&self, text: &[u8], start: usize, len: usize) -> Option<u32> {
+    pub fn get_short(&self, text: &[u8], start: usize, len: usize) -> Option<TokenInfo> {
         let key = word_at(text, start, len);
         let mask = self.short.len() - 1;
         let mut at = short_hash(key, len, self.short_shift);
         loop {
-            let slot = &self.short[at];
-            if slot.key == key && slot.len == len as u32 {
-                return Some(slot.id);
+            let slot = self.short[at];
+            if slot.key == key && TokenInfo(slot.info).byte_len() == len {
+                return Some(TokenInfo(slot.info));
             }
-            if slot.len == 0 {
+            if slot.info == 0 {
                 return None;
             }
             at = (at + 1) & mask;
         }
     }
 
-    /// The token whose bytes are `text[start..start + len]` (8 < len <= 16), if any.
+    /// The token spelled by `text[start..start + len]` (8 < len <= 16), if any.
     #[inline(always)]
-    pub fn get_long(&self, text: &[u8], start: usize, len: usize) -> Option<u32> {
+    pub fn get_long(&self, text: &[u8], start: usize, len: usize) -> Option<TokenInfo> {
         let low = word_at(text, start, 8);
         let high = word_at(text, start + 8, len - 8);
         let mask = self.long.len() - 1;
         let mut at = long_hash(low, high, len, self.long_shift);
         loop {
-            let slot = &self.long[at];
-            if slot.low == low && slot.high == high && slot.len == len as u32 {
-                return Some(slot.id);
+            let slot = self.long[at];
+            if slot.low == low && slot.high == high && TokenInfo(slot.info).byte_len() == len {
+                return Some(TokenInfo(slot.info));
             }
-            if slot.len == 0 {
+            if slot.info == 0 {
                 return None;
             }
             at = (at + 1) & mask;
         }
     }
 
-    /// The token whose bytes are `text[start..start + len]`, for any `len` in 2..=16.
+    /// The token spelled by `text[start..start + len]`, for any `len` in 2..=16.
     #[inline(always)]
-    pub fn get(&self, text: &[u8], start: usize, len: usize) -> Option<u32> {
+    pub fn get(&self, text: &[u8], start: usize, len: usize) -> Option<TokenInfo> {
         if len <= SHORT_KEY_MAX {
             self.get_short(text, start, len)
         } else {
             self.get_long(text, start, len)
         }
+    }
+
+    /// The whole token that `text[start..start + len]` (2..=16 bytes) encodes to, if it is one.
+    #[inline(always)]
+    pub fn whole(&self, text: &[u8], start: usize, len: usize) -> Option<u32> {
+        self.get(text, start, len)
+            .and_then(|info| info.is_whole().then(|| info.id()))
+    }
+
+    /// BPE's pair question by bytes: the (rank, id) of the merge of the part `text[start..split]`
+    /// with the part `text[split..end]` (`end - start` in 2..=16), None when they do not merge.
+    #[inline(always)]
+    pub fn pair(&self, text: &[u8], start: usize, split: usize, end: usize) -> Option<(u32, u32)> {
+        self.get(text, start, end - start)?
+            .merge_with_split(split - start)
     }
 
     /// Bytes of memory the slots take.
@@ -237,13 +302,23 @@ mod tests {
             for (i, bytes) in entries.iter().enumerate() {
                 map.entry(bytes.clone()).or_insert(i as u32);
             }
-            let table = WordTable::new(map.iter().map(|(b, &id)| (b.as_slice(), id)));
-            for bytes in map.keys() {
-                prop_assert_eq!(table.get(bytes, 0, bytes.len()), map.get(bytes).copied());
+            let info = |bytes: &[u8], id: u32| {
+                TokenInfo::new(id, bytes.len(), id % 2 == 0, (id % 3 != 0).then(|| (id * 7, 1 + id as usize % (bytes.len() - 1))))
+            };
+            let table = TokenTable::new(map.iter().map(|(b, &id)| (b.as_slice(), info(b, id))));
+            for (bytes, &id) in &map {
+                let found = table.get(bytes, 0, bytes.len());
+                prop_assert_eq!(found, Some(info(bytes, id)));
+                let found = found.unwrap();
+                prop_assert_eq!((found.id(), found.byte_len(), found.is_whole()), (id, bytes.len(), id % 2 == 0));
+                for split in 1..bytes.len() {
+                    let want = (id % 3 != 0 && split == 1 + id as usize % (bytes.len() - 1)).then(|| (id * 7, id));
+                    prop_assert_eq!(table.pair(bytes, 0, split, bytes.len()), want);
+                }
             }
             for start in 0..text.len() {
                 for len in 2..=LONG_KEY_MAX.min(text.len() - start) {
-                    let want = map.get(&text[start..start + len]).copied();
+                    let want = map.get(&text[start..start + len]).map(|&id| info(&text[start..start + len], id));
                     prop_assert_eq!(table.get(&text, start, len), want);
                 }
             }
