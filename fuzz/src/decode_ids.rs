@@ -29,7 +29,10 @@ fn sparse_tokenizer() -> Tokenizer {
     tokens.extend([th, the, long]);
     let specials = vec![
         ("<|endoftext|>".to_string(), 4000),
-        ("a much longer special token than sixteen bytes".to_string(), 4001),
+        (
+            "a much longer special token than sixteen bytes".to_string(),
+            4001,
+        ),
         ("\u{0}".to_string(), 0),
     ];
     Tokenizer::new(tokens, merges, specials, Pattern::Gpt2).expect("sparse vocab loads")
@@ -46,7 +49,11 @@ fn tokenizers() -> &'static [(Tokenizer, HashMap<u64, Vec<u8>>)] {
                     .tokens()
                     .iter()
                     .map(|(id, b)| (u64::from(*id), b.clone()))
-                    .chain(tok.specials().iter().map(|(name, id)| (u64::from(*id), name.as_bytes().to_vec())))
+                    .chain(
+                        tok.specials()
+                            .iter()
+                            .map(|(name, id)| (u64::from(*id), name.as_bytes().to_vec())),
+                    )
                     .collect();
                 (tok, table)
             })
@@ -63,10 +70,20 @@ fn expected(table: &HashMap<u64, Vec<u8>>, ids: &[u64]) -> Result<Vec<u8>, (u64,
     Ok(out)
 }
 
-fn assert_unknown(result: Result<impl std::fmt::Debug, Error>, id: u64, position: usize, what: &str) {
+fn assert_unknown(
+    result: Result<impl std::fmt::Debug, Error>,
+    id: u64,
+    position: usize,
+    what: &str,
+) {
     match result {
-        Err(Error::UnknownId { id: got, position: at }) if (got, at) == (id, position) => {}
-        other => panic!("{what}: expected UnknownId {{ id: {id}, position: {position} }}, got {other:?}"),
+        Err(Error::UnknownId {
+            id: got,
+            position: at,
+        }) if (got, at) == (id, position) => {}
+        other => {
+            panic!("{what}: expected UnknownId {{ id: {id}, position: {position} }}, got {other:?}")
+        }
     }
 }
 
@@ -88,20 +105,34 @@ pub fn check(data: &[u8]) {
     let wanted = expected(table, &ids);
 
     match &wanted {
-        Ok(bytes) => assert_eq!(&tok.decode_bytes(ids.iter().copied()).expect("decode_bytes"), bytes),
-        Err((id, position)) => assert_unknown(tok.decode_bytes(ids.iter().copied()), *id, *position, "decode_bytes"),
+        Ok(bytes) => assert_eq!(
+            &tok.decode_bytes(ids.iter().copied()).expect("decode_bytes"),
+            bytes
+        ),
+        Err((id, position)) => assert_unknown(
+            tok.decode_bytes(ids.iter().copied()),
+            *id,
+            *position,
+            "decode_bytes",
+        ),
     }
     for &id in &ids {
         if let Ok(id) = u32::try_from(id) {
             match table.get(&u64::from(id)) {
-                Some(bytes) => assert_eq!(tok.token_bytes(id).expect("token_bytes"), bytes.as_slice()),
+                Some(bytes) => {
+                    assert_eq!(tok.token_bytes(id).expect("token_bytes"), bytes.as_slice())
+                }
                 None => assert_unknown(tok.token_bytes(id), u64::from(id), 0, "token_bytes"),
             }
         }
     }
 
     // The u32 decoders see ids that fit (the binding's path); the others were checked above.
-    let Ok(narrow) = ids.iter().map(|&id| u32::try_from(id)).collect::<Result<Vec<u32>, _>>() else {
+    let Ok(narrow) = ids
+        .iter()
+        .map(|&id| u32::try_from(id))
+        .collect::<Result<Vec<u32>, _>>()
+    else {
         return;
     };
     match &wanted {
@@ -114,17 +145,28 @@ pub fn check(data: &[u8]) {
             let shrink = 1 + input.below(17);
             if bytes.len() >= shrink {
                 let mut short = vec![0; bytes.len() - shrink];
-                assert!(tok.decode_into(&narrow, &mut short).is_err(), "decode_into accepted a short buffer");
+                assert!(
+                    tok.decode_into(&narrow, &mut short).is_err(),
+                    "decode_into accepted a short buffer"
+                );
             }
             let mut long = vec![0; bytes.len() + shrink];
-            assert!(tok.decode_into(&narrow, &mut long).is_err(), "decode_into accepted a long buffer");
+            assert!(
+                tok.decode_into(&narrow, &mut long).is_err(),
+                "decode_into accepted a long buffer"
+            );
         }
         Err((id, position)) => {
             assert_unknown(tok.decoded_len(&narrow), *id, *position, "decoded_len");
             // Room for the ids before the unknown one, so that it is reached.
             let before = expected(table, &ids[..*position]).expect("known ids before it");
             let mut out = vec![0; before.len()];
-            assert_unknown(tok.decode_into(&narrow, &mut out), *id, *position, "decode_into");
+            assert_unknown(
+                tok.decode_into(&narrow, &mut out),
+                *id,
+                *position,
+                "decode_into",
+            );
         }
     }
 }

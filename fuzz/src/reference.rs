@@ -37,7 +37,10 @@ impl NaiveBpe {
     }
 
     pub fn encode_chunk(&self, bytes: &[u8]) -> Vec<u32> {
-        let mut parts: Vec<u32> = bytes.iter().map(|&b| self.byte_ids[usize::from(b)]).collect();
+        let mut parts: Vec<u32> = bytes
+            .iter()
+            .map(|&b| self.byte_ids[usize::from(b)])
+            .collect();
         loop {
             let best = parts
                 .windows(2)
@@ -190,7 +193,11 @@ pub fn naive_train(
 pub fn tokens_of_merges(merges: &[(u32, u32)]) -> Vec<(u32, Vec<u8>)> {
     let mut tokens: Vec<(u32, Vec<u8>)> = (0..=255u8).map(|b| (u32::from(b), vec![b])).collect();
     for (k, &(left, right)) in merges.iter().enumerate() {
-        let joined = [tokens[left as usize].1.as_slice(), tokens[right as usize].1.as_slice()].concat();
+        let joined = [
+            tokens[left as usize].1.as_slice(),
+            tokens[right as usize].1.as_slice(),
+        ]
+        .concat();
         tokens.push((256 + k as u32, joined));
     }
     tokens

@@ -9,7 +9,9 @@
 
 use std::collections::BTreeMap;
 
-use bpe_fast::{recover_merges, train_merges, ChunkCounter, Error, Pattern, Tokenizer, TrainOptions};
+use bpe_fast::{
+    recover_merges, train_merges, ChunkCounter, Error, Pattern, Tokenizer, TrainOptions,
+};
 
 use crate::input::Input;
 use crate::invariants::check_encoding;
@@ -35,7 +37,11 @@ fn train(
     options: &TrainOptions,
     progress: &mut dyn FnMut(usize) -> bpe_fast::Result<()>,
 ) -> bpe_fast::Result<Vec<(u32, u32)>> {
-    train_merges(counts.iter().map(|(b, n)| (b.as_slice(), *n)), options, progress)
+    train_merges(
+        counts.iter().map(|(b, n)| (b.as_slice(), *n)),
+        options,
+        progress,
+    )
 }
 
 pub fn check(data: &[u8]) {
@@ -67,9 +73,19 @@ pub fn check(data: &[u8]) {
     }
     let mut counter = ChunkCounter::new(pattern.clone(), options.num_threads);
     counter.add_texts(&docs).expect("add_texts");
-    let counted: BTreeMap<Vec<u8>, u64> = counter.counts().iter().map(|(b, n)| (b.clone(), *n)).collect();
-    assert_eq!(counted, chunks, "ChunkCounter differs from splitting each document");
-    assert_eq!(counter.total_bytes(), docs.iter().map(|d| d.len() as u64).sum::<u64>());
+    let counted: BTreeMap<Vec<u8>, u64> = counter
+        .counts()
+        .iter()
+        .map(|(b, n)| (b.clone(), *n))
+        .collect();
+    assert_eq!(
+        counted, chunks,
+        "ChunkCounter differs from splitting each document"
+    );
+    assert_eq!(
+        counter.total_bytes(),
+        docs.iter().map(|d| d.len() as u64).sum::<u64>()
+    );
 
     let mut last_progress = None;
     let merges = train(&chunks, &options, &mut |done| {
@@ -77,9 +93,21 @@ pub fn check(data: &[u8]) {
         Ok(())
     })
     .expect("train_merges");
-    let expected = naive_train(&chunks, options.num_merges, options.min_frequency, options.max_token_length);
-    assert_eq!(merges, expected, "train_merges differs from the naive trainer");
-    assert_eq!(last_progress, Some(merges.len()), "the progress hook missed the final count");
+    let expected = naive_train(
+        &chunks,
+        options.num_merges,
+        options.min_frequency,
+        options.max_token_length,
+    );
+    assert_eq!(
+        merges, expected,
+        "train_merges differs from the naive trainer"
+    );
+    assert_eq!(
+        last_progress,
+        Some(merges.len()),
+        "the progress hook missed the final count"
+    );
 
     if extra_runs & 1 == 1 {
         let other_threads = TrainOptions {
@@ -100,15 +128,24 @@ pub fn check(data: &[u8]) {
     }
 
     let tokens = tokens_of_merges(&merges);
-    assert_eq!(recover_merges(&tokens).expect("recover_merges"), merges, "recover_merges");
+    assert_eq!(
+        recover_merges(&tokens).expect("recover_merges"),
+        merges,
+        "recover_merges"
+    );
     let first_special = tokens.len() as u32;
     let special_ids: Vec<(String, u32)> = specials
         .iter()
         .enumerate()
         .map(|(k, name)| (name.to_string(), first_special + k as u32))
         .collect();
-    let tok = Tokenizer::new(tokens, merges.clone(), special_ids, pattern.clone()).expect("a trained vocab loads");
-    assert!(tok.vocab_size() <= vocab_size, "vocab {} > asked {vocab_size}", tok.vocab_size());
+    let tok = Tokenizer::new(tokens, merges.clone(), special_ids, pattern.clone())
+        .expect("a trained vocab loads");
+    assert!(
+        tok.vocab_size() <= vocab_size,
+        "vocab {} > asked {vocab_size}",
+        tok.vocab_size()
+    );
     assert_eq!(tok.merges(), merges.as_slice());
     let naive = NaiveBpe::new(tok.tokens(), tok.merges());
     for doc in &docs {

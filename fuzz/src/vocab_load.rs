@@ -148,8 +148,9 @@ fn read_parts(input: &mut Input) -> Parts {
         let id = if input.below(4) == 0 {
             any_id(input)
         } else {
-            next_id += 1;
-            next_id - 1
+            let id = next_id;
+            next_id = next_id.saturating_add(1);
+            id
         };
         specials.push((name, id));
     }
@@ -181,9 +182,17 @@ pub fn check(data: &[u8]) {
 
     let mut sorted = parts.tokens.clone();
     sorted.sort_by_key(|(id, _)| *id);
-    assert_eq!(tok.tokens(), sorted.as_slice(), "tokens() differ from the input");
+    assert_eq!(
+        tok.tokens(),
+        sorted.as_slice(),
+        "tokens() differ from the input"
+    );
     assert_eq!(tok.merges(), parts.merges.as_slice(), "merges() differ");
-    assert_eq!(tok.specials(), parts.specials.as_slice(), "specials() differ");
+    assert_eq!(
+        tok.specials(),
+        parts.specials.as_slice(),
+        "specials() differ"
+    );
     let max_id = sorted
         .iter()
         .map(|(id, _)| *id)
@@ -195,7 +204,10 @@ pub fn check(data: &[u8]) {
         assert_eq!(tok.token_bytes(*id).expect("token_bytes"), bytes.as_slice());
     }
     for (name, id) in &parts.specials {
-        assert_eq!(tok.token_bytes(*id).expect("special token_bytes"), name.as_bytes());
+        assert_eq!(
+            tok.token_bytes(*id).expect("special token_bytes"),
+            name.as_bytes()
+        );
     }
 
     let reloaded = Tokenizer::new(
@@ -227,7 +239,11 @@ pub fn check(data: &[u8]) {
         .map(|(name, _)| format!("{name}{rest}"))
         .collect();
     let naive = NaiveBpe::new(tok.tokens(), tok.merges());
-    for sample in [String::from_utf8_lossy(&made).into_owned(), rest, with_specials] {
+    for sample in [
+        String::from_utf8_lossy(&made).into_owned(),
+        rest,
+        with_specials,
+    ] {
         check_encoding(&tok, &naive, &sample);
         assert_eq!(
             reloaded.encode_ordinary(&sample).expect("encode"),

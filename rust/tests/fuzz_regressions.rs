@@ -37,7 +37,11 @@ fn replay(target: &str, check: fn(&[u8])) -> usize {
         for path in paths {
             let data = std::fs::read(&path).expect("read saved input");
             let outcome = std::panic::catch_unwind(|| check(&data));
-            assert!(outcome.is_ok(), "{} breaks the {target} check", path.display());
+            assert!(
+                outcome.is_ok(),
+                "{} breaks the {target} check",
+                path.display()
+            );
             replayed += 1;
         }
     }
@@ -46,17 +50,26 @@ fn replay(target: &str, check: fn(&[u8])) -> usize {
 
 #[test]
 fn vocab_load_saved_inputs() {
-    assert!(replay("vocab_load", vocab_load::check) > 0, "no saved input");
+    assert!(
+        replay("vocab_load", vocab_load::check) > 0,
+        "no saved input"
+    );
 }
 
 #[test]
 fn encode_roundtrip_saved_inputs() {
-    assert!(replay("encode_roundtrip", encode_roundtrip::check) > 0, "no saved input");
+    assert!(
+        replay("encode_roundtrip", encode_roundtrip::check) > 0,
+        "no saved input"
+    );
 }
 
 #[test]
 fn decode_ids_saved_inputs() {
-    assert!(replay("decode_ids", decode_ids::check) > 0, "no saved input");
+    assert!(
+        replay("decode_ids", decode_ids::check) > 0,
+        "no saved input"
+    );
 }
 
 #[test]
@@ -71,9 +84,15 @@ fn the_references_can_disagree() {
     let merges = vec![(97, 98)];
     let tokens = reference::tokens_of_merges(&merges);
     assert!(reference::vocab_error(&tokens, &merges, &[]).is_none());
-    assert!(reference::vocab_error(&tokens, &[], &[]).is_some(), "token 256 made by no merge");
+    assert!(
+        reference::vocab_error(&tokens, &[], &[]).is_some(),
+        "token 256 made by no merge"
+    );
     let naive = reference::NaiveBpe::new(&tokens, &merges);
     assert_eq!(naive.encode_chunk(b"abab"), [256, 256]);
     let chunks = [(b"abab".to_vec(), 1u64)].into_iter().collect();
-    assert_eq!(reference::naive_train(&chunks, 2, 1, None), [(97, 98), (256, 256)]);
+    assert_eq!(
+        reference::naive_train(&chunks, 2, 1, None),
+        [(97, 98), (256, 256)]
+    );
 }
