@@ -38,8 +38,11 @@ fn sparse_tokenizer() -> Tokenizer {
     Tokenizer::new(tokens, merges, specials, Pattern::Gpt2).expect("sparse vocab loads")
 }
 
-fn tokenizers() -> &'static [(Tokenizer, HashMap<u64, Vec<u8>>)] {
-    static BUILT: OnceLock<Vec<(Tokenizer, HashMap<u64, Vec<u8>>)>> = OnceLock::new();
+/// Id -> the bytes it decodes to, for every token and special token.
+type DecodeTable = HashMap<u64, Vec<u8>>;
+
+fn tokenizers() -> &'static [(Tokenizer, DecodeTable)] {
+    static BUILT: OnceLock<Vec<(Tokenizer, DecodeTable)>> = OnceLock::new();
     BUILT.get_or_init(|| {
         let trained = train_tokenizer(&[CORPUS], Pattern::Gpt2, 300);
         [trained, sparse_tokenizer()]
@@ -62,7 +65,7 @@ fn tokenizers() -> &'static [(Tokenizer, HashMap<u64, Vec<u8>>)] {
 }
 
 /// The first unknown id and its position, or the decoded bytes.
-fn expected(table: &HashMap<u64, Vec<u8>>, ids: &[u64]) -> Result<Vec<u8>, (u64, usize)> {
+fn expected(table: &DecodeTable, ids: &[u64]) -> Result<Vec<u8>, (u64, usize)> {
     let mut out = Vec::new();
     for (position, id) in ids.iter().enumerate() {
         out.extend_from_slice(table.get(id).ok_or((*id, position))?);
