@@ -6,7 +6,8 @@
 # the crash input is. Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`).
 # Builds go to fuzz/target, the growing corpora to fuzz/corpus/<target>, crash inputs to
 # fuzz/artifacts/<target>/, logs to fuzz/logs/ (all git-ignored). FUZZ_NICE (default 10) sets
-# the niceness, so a fuzz run yields the CPU to other work.
+# the niceness, so a fuzz run yields the CPU to other work; FUZZ_ARGS adds libFuzzer options
+# (e.g. FUZZ_ARGS=-len_control=0 tries long inputs from the start).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,10 +54,12 @@ for t in "${targets[@]}"; do
     for dir in fuzz/seeds/$t fuzz/regressions/$t; do
         [ -d "$dir" ] && extra+=("$dir")
     done
+    # shellcheck disable=SC2206
+    libfuzzer_args=(${FUZZ_ARGS:-})
     status=0
     nice -n "$nice_level" "$bin_dir/$t" "$corpus" "${extra[@]}" \
         -max_total_time="$per" -max_len=4096 -timeout=30 -rss_limit_mb=4096 \
-        -artifact_prefix="$artifacts/" -print_final_stats=1 >"$log" 2>&1 || status=$?
+        -artifact_prefix="$artifacts/" -print_final_stats=1 "${libfuzzer_args[@]}" >"$log" 2>&1 || status=$?
     done_line=$(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -n 1 || true)
     [ -n "$done_line" ] || done_line=$(grep -E '^#[0-9]+' "$log" | tail -n 1 || true)
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
