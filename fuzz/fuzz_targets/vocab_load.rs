@@ -1,0 +1,4 @@
+#![no_main]
+//! See fuzz/src/vocab_load.rs for the input layout and the invariants checked.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| bpe_fast_fuzz::vocab_load::check(data));
