@@ -24,10 +24,10 @@ const UNITS_PER_THREAD: usize = 16;
 
 /// Consecutive ranges of item indices covering `0..lengths.len()`, each of roughly the same
 /// number of bytes (see `MAX_UNIT_BYTES`); empty for no items.
-/// `num_threads` 0 means rayon's global pool.
+/// `num_threads` 0 means all cores (`threads::default_threads`).
 pub fn split_units(lengths: &[usize], num_threads: usize) -> Vec<Range<usize>> {
     let threads = match num_threads {
-        0 => rayon::current_num_threads(),
+        0 => crate::threads::default_threads(),
         n => n,
     };
     let total: usize = lengths.iter().sum();

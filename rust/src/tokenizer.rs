@@ -402,17 +402,19 @@ impl Tokenizer {
         // Only a shortcut, so tokens longer than WHOLE_TOKEN_MAX_LEN are left out: proving them
         // costs a BPE run each, and training on one long run ("aaaa...") makes tokens of up to
         // half the run's length, whose checks took longer than the training itself.
-        let is_whole: Vec<bool> = tokens
-            .par_iter()
-            .map(|(id, bytes)| {
-                if !(2..=WHOLE_TOKEN_MAX_LEN).contains(&bytes.len()) {
-                    return false;
-                }
-                let mut parts = Vec::new();
-                merger.encode(bytes, &mut parts);
-                parts == [*id]
-            })
-            .collect();
+        let is_whole: Vec<bool> = with_threads(0, || {
+            tokens
+                .par_iter()
+                .map(|(id, bytes)| {
+                    if !(2..=WHOLE_TOKEN_MAX_LEN).contains(&bytes.len()) {
+                        return false;
+                    }
+                    let mut parts = Vec::new();
+                    merger.encode(bytes, &mut parts);
+                    parts == [*id]
+                })
+                .collect()
+        })?;
         let whole: FxHashMap<Vec<u8>, u32> = tokens
             .iter()
             .zip(&is_whole)

@@ -708,7 +708,7 @@ fn merge_loop(
     progress: &mut dyn FnMut(usize) -> Result<()>,
 ) -> Result<Vec<(u32, u32)>> {
     let parts = match options.num_threads {
-        0 => rayon::current_num_threads(),
+        0 => crate::threads::default_threads(),
         n => n,
     }
     .max(1);
