@@ -83,7 +83,7 @@ fn id_of(item: &Bound<'_, PyAny>, position: usize) -> PyResult<u32> {
 /// Token ids from a list, a tuple or any other iterable of ints (see `id_of`).
 fn extract_ids(ids: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
     if let Ok(list) = ids.downcast::<PyList>() {
-        return indexed_ids(list.as_any(), list.len(), ffi::PyList_GetItem);
+        return list_ids(list);
     }
     if let Ok(tuple) = ids.downcast::<PyTuple>() {
         return indexed_ids(tuple.as_any(), tuple.len(), ffi::PyTuple_GetItem);
@@ -94,6 +94,40 @@ fn extract_ids(ids: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
     let mut out = Vec::new();
     for (position, item) in ids.try_iter()?.enumerate() {
         out.push(id_of(&item?, position)?);
+    }
+    Ok(out)
+}
+
+/// Token ids from a list: read straight from its item array while every item is a plain int id
+/// (no C call to fetch an item), else the general path from the first item that is not.
+fn list_ids(list: &Bound<'_, PyList>) -> PyResult<Vec<u32>> {
+    let py = list.py();
+    let len = list.len();
+    let Some(offset) = list_items_offset(py) else {
+        return indexed_ids(list.as_any(), len, ffi::PyList_GetItem);
+    };
+    let mut out = Vec::with_capacity(len);
+    // SAFETY: the GIL is held and nothing in this loop runs Python code (PyLong_AsUnsignedLongLong
+    // does not call `__index__`), so the list can neither change nor be freed while its item
+    // array is read; `len` items are there.
+    unsafe {
+        let items = *((list.as_ptr() as *const u8).add(offset) as *const *const *mut ffi::PyObject);
+        for position in 0..len {
+            let value = ffi::PyLong_AsUnsignedLongLong(*items.add(position));
+            match u32::try_from(value) {
+                Ok(id) => out.push(id),
+                Err(_) => {
+                    drop(PyErr::take(py));
+                    break;
+                }
+            }
+        }
+    }
+    if out.len() < len {
+        // Not a plain int id at `out.len()`: the general path names it (or converts it).
+        let done = out.len();
+        let rest = indexed_ids(list.as_any(), len, ffi::PyList_GetItem)?;
+        out.extend_from_slice(&rest[done..]);
     }
     Ok(out)
 }
@@ -158,13 +192,92 @@ fn str_items<'py>(texts: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyString
     Ok(out)
 }
 
+extern "C" {
+    // In the limited API from Python 3.10; exported by every CPython 3, so an abi3 build for 3.9
+    // can call it too. It returns the str's own UTF-8 (cached inside the object), so no copy.
+    fn PyUnicode_AsUTF8AndSize(
+        unicode: *mut ffi::PyObject,
+        size: *mut ffi::Py_ssize_t,
+    ) -> *const std::os::raw::c_char;
+}
+
+/// The UTF-8 of a Python str without copying it (strict: a lone surrogate is a
+/// UnicodeEncodeError). The slice lives as long as the str object, which the caller holds.
+/// Rejected: extracting a `String`, which copies every text once more (and, under the 3.9 stable
+/// ABI, twice: through a bytes object first).
+fn utf8<'a>(text: &'a Bound<'_, PyString>) -> PyResult<&'a str> {
+    let mut size: ffi::Py_ssize_t = 0;
+    // SAFETY: `text` is a live str; the returned buffer belongs to it and is immutable for its
+    // lifetime, which outlives 'a because `text` is borrowed for 'a.
+    unsafe {
+        let data = PyUnicode_AsUTF8AndSize(text.as_ptr(), &mut size);
+        if data.is_null() {
+            return Err(PyErr::fetch(text.py()));
+        }
+        let bytes = std::slice::from_raw_parts(data as *const u8, size as usize);
+        // CPython's UTF-8 of a str is valid UTF-8 (surrogates were refused above).
+        Ok(std::str::from_utf8_unchecked(bytes))
+    }
+}
+
+/// A str argument, or a TypeError naming it.
+fn str_arg<'a, 'py>(
+    value: &'a Bound<'py, PyAny>,
+    name: &str,
+) -> PyResult<&'a Bound<'py, PyString>> {
+    value.downcast::<PyString>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{name} must be a str, got {}",
+            value
+                .get_type()
+                .name()
+                .map_or_else(|_| "?".into(), |n| n.to_string())
+        ))
+    })
+}
+
+/// Where a list's item array pointer sits in the list object, when this interpreter lays
+/// `PyListObject` out as CPython does (the variable-size object header, then `PyObject **ob_item`):
+/// checked once against a real list, None when it does not hold (then lists are filled through
+/// `PyList_SetItem`, a call per item). Filling the array directly is what C extensions built
+/// against the full API do with `PyList_SET_ITEM`; the stable ABI only hides the layout.
+fn list_items_offset(py: Python<'_>) -> Option<usize> {
+    static OFFSET: pyo3::sync::GILOnceCell<Option<usize>> = pyo3::sync::GILOnceCell::new();
+    *OFFSET.get_or_init(py, || {
+        let offset = 3 * std::mem::size_of::<usize>();
+        // SAFETY: plain C-API calls on objects made here; the read at `offset` stays inside the
+        // list object (at least the variable-size header plus the item pointer on any CPython).
+        unsafe {
+            let first = ffi::PyLong_FromLong(1_234_567);
+            let second = ffi::PyLong_FromLong(7_654_321);
+            let list = ffi::PyList_New(2);
+            if first.is_null() || second.is_null() || list.is_null() {
+                ffi::PyErr_Clear();
+                return None;
+            }
+            ffi::PyList_SetItem(list, 0, first);
+            ffi::PyList_SetItem(list, 1, second);
+            let items = *((list as *const u8).add(offset) as *const *const *mut ffi::PyObject);
+            let laid_out = !items.is_null() && *items == first && *items.add(1) == second;
+            ffi::Py_DecRef(list);
+            laid_out.then_some(offset)
+        }
+    })
+}
+
+/// `ids` as little-endian bytes in a new bytes object, written in place (one copy).
+fn ids_bytes<'py>(py: Python<'py>, ids: &[u32]) -> PyResult<Bound<'py, PyBytes>> {
+    PyBytes::new_with(py, ids.len() * 4, |out| {
+        for (dest, id) in out.chunks_exact_mut(4).zip(ids) {
+            dest.copy_from_slice(&id.to_le_bytes());
+        }
+        Ok(())
+    })
+}
+
 fn int(py: Python<'_>, id: u32) -> Bound<'_, PyAny> {
     let Ok(value) = id.into_pyobject(py);
     value.into_any()
-}
-
-fn le_bytes(ids: &[u32]) -> Vec<u8> {
-    ids.iter().flat_map(|id| id.to_le_bytes()).collect()
 }
 
 #[pyclass(name = "ChunkCounter", module = "bpe_fast._core")]
@@ -273,7 +386,8 @@ struct PyTokenizer {
 impl PyTokenizer {
     /// `ids` as a Python list. Making a Python int per token was about 40% of a one-document
     /// encode call (allocating and freeing ~1M ints for 4 MB of English); Python ints are
-    /// immutable, so a list holds the tokenizer's shared int for each id instead.
+    /// immutable, so a list holds the tokenizer's shared int for each id instead, written straight
+    /// into the list's item array where the layout allows (`list_items_offset`).
     fn id_list<'py>(&self, py: Python<'py>, ids: &[u32]) -> PyResult<Bound<'py, PyList>> {
         // The lock is only taken with the GIL held, so `try_lock` fails only on re-entrance (a
         // garbage-collector callback encoding with this tokenizer while a list is being built)
@@ -285,16 +399,43 @@ impl PyTokenizer {
             let size = self.inner.vocab_size().min(SHARED_INTS_MAX);
             ints.resize_with(size, || None);
         }
-        PyList::new(
-            py,
-            ids.iter().map(|&id| match ints.get_mut(id as usize) {
-                Some(slot) => slot
-                    .get_or_insert_with(|| int(py, id).unbind())
-                    .bind(py)
-                    .clone(),
-                None => int(py, id),
-            }),
-        )
+        // An owned reference to the int for `id`.
+        let mut int_for = |id: u32| -> PyResult<*mut ffi::PyObject> {
+            match ints.get_mut(id as usize) {
+                Some(slot) => {
+                    let shared = slot.get_or_insert_with(|| int(py, id).unbind()).as_ptr();
+                    // SAFETY: `shared` is a live int the tokenizer owns; the GIL is held.
+                    unsafe { ffi::Py_INCREF(shared) };
+                    Ok(shared)
+                }
+                None => Ok(int(py, id).into_ptr()),
+            }
+        };
+        // SAFETY: a new list of `ids.len()` NULL slots, each set exactly once to an owned
+        // reference before the list is returned (a list being dropped tolerates NULL slots, so an
+        // error midway leaks nothing).
+        unsafe {
+            let list = ffi::PyList_New(ids.len() as ffi::Py_ssize_t);
+            if list.is_null() {
+                return Err(PyErr::fetch(py));
+            }
+            let list = Bound::from_owned_ptr(py, list);
+            match list_items_offset(py) {
+                Some(offset) => {
+                    let items = *((list.as_ptr() as *const u8).add(offset)
+                        as *const *mut *mut ffi::PyObject);
+                    for (i, &id) in ids.iter().enumerate() {
+                        *items.add(i) = int_for(id)?;
+                    }
+                }
+                None => {
+                    for (i, &id) in ids.iter().enumerate() {
+                        ffi::PyList_SetItem(list.as_ptr(), i as ffi::Py_ssize_t, int_for(id)?);
+                    }
+                }
+            }
+            Ok(list.downcast_into_unchecked())
+        }
     }
 
     /// The bytes of `ids`, written straight into the new bytes object (GIL released).
@@ -377,10 +518,15 @@ impl PyTokenizer {
         })
     }
 
-    fn encode_ordinary<'py>(&self, py: Python<'py>, text: String) -> PyResult<Bound<'py, PyList>> {
+    fn encode_ordinary<'py>(
+        &self,
+        py: Python<'py>,
+        text: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyList>> {
         guarded(|| {
+            let text = utf8(str_arg(text, "text")?)?;
             let ids = py
-                .allow_threads(|| self.inner.encode_ordinary(&text))
+                .allow_threads(|| self.inner.encode_ordinary(text))
                 .map_err(to_py_err)?;
             self.id_list(py, &ids)
         })
@@ -389,13 +535,14 @@ impl PyTokenizer {
     fn encode<'py>(
         &self,
         py: Python<'py>,
-        text: String,
+        text: &Bound<'py, PyAny>,
         allowed_special: Vec<String>,
     ) -> PyResult<Bound<'py, PyList>> {
         guarded(|| {
+            let text = utf8(str_arg(text, "text")?)?;
             let matcher = self.matcher(&allowed_special)?;
             let ids = py
-                .allow_threads(|| self.inner.encode(&text, matcher.as_deref()))
+                .allow_threads(|| self.inner.encode(text, matcher.as_deref()))
                 .map_err(to_py_err)?;
             self.id_list(py, &ids)
         })
@@ -422,16 +569,17 @@ impl PyTokenizer {
                 .map(|t| t.len())
                 .collect::<PyResult<Vec<_>>>()?;
             let units = split_units(&lengths, num_threads);
-            // Each unit's texts as Rust strings, from `prepare` until `encode_unit` takes them.
-            let inputs: Vec<Mutex<Option<Vec<String>>>> =
+            // Each unit's texts' UTF-8 (borrowed from the strs, which `texts` keeps alive), from
+            // `prepare` until `encode_unit` takes them.
+            let inputs: Vec<Mutex<Option<Vec<&str>>>> =
                 units.iter().map(|_| Mutex::new(None)).collect();
             let input = |unit: usize| inputs[unit].lock().unwrap_or_else(|e| e.into_inner());
             let prepare = |unit: usize| -> PyResult<()> {
                 // Strict UTF-8: a lone surrogate raises UnicodeEncodeError here.
                 let strings = texts[units[unit].clone()]
                     .iter()
-                    .map(|t| t.to_cow().map(|s| s.into_owned()))
-                    .collect::<PyResult<Vec<String>>>()?;
+                    .map(utf8)
+                    .collect::<PyResult<Vec<&str>>>()?;
                 *input(unit) = Some(strings);
                 Ok(())
             };
@@ -468,19 +616,16 @@ impl PyTokenizer {
     fn encode_to_buffer<'py>(
         &self,
         py: Python<'py>,
-        text: String,
+        text: &Bound<'py, PyAny>,
         allowed_special: Vec<String>,
     ) -> PyResult<Bound<'py, PyBytes>> {
         guarded(|| {
+            let text = utf8(str_arg(text, "text")?)?;
             let matcher = self.matcher(&allowed_special)?;
-            let bytes = py
-                .allow_threads(|| {
-                    self.inner
-                        .encode(&text, matcher.as_deref())
-                        .map(|ids| le_bytes(&ids))
-                })
+            let ids = py
+                .allow_threads(|| self.inner.encode(text, matcher.as_deref()))
                 .map_err(to_py_err)?;
-            Ok(PyBytes::new(py, &bytes))
+            ids_bytes(py, &ids)
         })
     }
 
@@ -488,26 +633,32 @@ impl PyTokenizer {
     fn encode_batch_to_buffer<'py>(
         &self,
         py: Python<'py>,
-        texts: Vec<String>,
+        texts: &Bound<'py, PyAny>,
         allowed_special: Vec<String>,
         num_threads: usize,
         prefix_id: Option<u32>,
     ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
         guarded(|| {
             let matcher = self.matcher(&allowed_special)?;
+            let texts = str_items(texts)?;
+            let strings = texts.iter().map(utf8).collect::<PyResult<Vec<&str>>>()?;
             let (ids, ends) = py
                 .allow_threads(|| {
-                    let (ids, ends) = self.inner.encode_batch_flat(
-                        &texts,
+                    self.inner.encode_batch_flat(
+                        &strings,
                         matcher.as_deref(),
                         num_threads,
                         prefix_id,
-                    )?;
-                    let ends: Vec<u8> = ends.iter().flat_map(|e| e.to_le_bytes()).collect();
-                    Ok::<_, Error>((le_bytes(&ids), ends))
+                    )
                 })
                 .map_err(to_py_err)?;
-            Ok((PyBytes::new(py, &ids), PyBytes::new(py, &ends)))
+            let ends = PyBytes::new_with(py, ends.len() * 8, |out| {
+                for (dest, end) in out.chunks_exact_mut(8).zip(&ends) {
+                    dest.copy_from_slice(&end.to_le_bytes());
+                }
+                Ok(())
+            })?;
+            Ok((ids_bytes(py, &ids)?, ends))
         })
     }
 
