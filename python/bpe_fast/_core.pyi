@@ -68,17 +68,20 @@ class CoreTokenizer:
     def token_bytes(self, id: int) -> bytes: ...
     # The ints in returned lists are shared, per tokenizer, between all the lists it returns
     # (Python ints are immutable: only `is` can tell).
-    def encode_ordinary(self, text: str) -> list[int]: ...
-    def encode(self, text: str, allowed_special: Sequence[str]) -> list[int]:
+    def encode_ordinary(self, text: str, num_threads: int = 0) -> list[int]:
+        """A text of 256 KiB or more is encoded in parts on `num_threads` threads (0: all cores),
+        cut where chunking restarts, so the ids never depend on the thread count."""
+    def encode(self, text: str, allowed_special: Sequence[str], num_threads: int = 0) -> list[int]:
         """Special tokens in `allowed_special` are emitted as their ids; all other text is ordinary.
-        (The disallowed-special check is done by the Python layer before calling.)"""
+        (The disallowed-special check is done by the Python layer before calling.) Threads as in
+        `encode_ordinary`."""
     def encode_batch(
         self, texts: Iterable[str], allowed_special: Sequence[str], num_threads: int = 0
     ) -> list[list[int]]:
         """`encode` of each text, in parallel with the GIL released; meanwhile the calling thread
         builds the lists of the texts already encoded (in order) and encodes when none is ready.
         TypeError naming the index of a non-str item; UnicodeEncodeError for a lone surrogate."""
-    def encode_to_buffer(self, text: str, allowed_special: Sequence[str]) -> bytes:
+    def encode_to_buffer(self, text: str, allowed_special: Sequence[str], num_threads: int = 0) -> bytes:
         """Token ids as little-endian uint32 bytes (for numpy.frombuffer) - no Python int per token."""
     def encode_batch_to_buffer(
         self,

@@ -256,16 +256,25 @@ class Tokenizer:
             raise TypeError(f"{what} must be a str, got {type(text).__name__}")
 
     def encode(
-        self, text: str, allowed_special: SpecialSet = frozenset(), disallowed_special: SpecialSet = "all"
+        self,
+        text: str,
+        allowed_special: SpecialSet = frozenset(),
+        disallowed_special: SpecialSet = "all",
+        *,
+        num_threads: Optional[int] = None,
     ) -> list[int]:
-        """Token ids of `text`. Special-token text raises ValueError unless allowed (tiktoken's policy)."""
-        self._check_text(text)
-        return self._core.encode(text, self._allowed_list(text, allowed_special, disallowed_special))
+        """Token ids of `text`. Special-token text raises ValueError unless allowed (tiktoken's policy).
 
-    def encode_ordinary(self, text: str) -> list[int]:
-        """Token ids of `text`, treating special-token text as ordinary text."""
+        A text of 256 KiB or more is encoded in parts on `num_threads` threads (None: all cores), cut
+        only where chunking is known to restart, so the ids are the same for any thread count."""
         self._check_text(text)
-        return self._core.encode_ordinary(text)
+        allowed = self._allowed_list(text, allowed_special, disallowed_special)
+        return self._core.encode(text, allowed, _threads(num_threads))
+
+    def encode_ordinary(self, text: str, *, num_threads: Optional[int] = None) -> list[int]:
+        """Token ids of `text`, treating special-token text as ordinary text (threads as in `encode`)."""
+        self._check_text(text)
+        return self._core.encode_ordinary(text, _threads(num_threads))
 
     def encode_batch(
         self,
@@ -319,12 +328,17 @@ class Tokenizer:
         return ids, offsets
 
     def encode_to_numpy(
-        self, text: str, allowed_special: SpecialSet = frozenset(), disallowed_special: SpecialSet = "all"
+        self,
+        text: str,
+        allowed_special: SpecialSet = frozenset(),
+        disallowed_special: SpecialSet = "all",
+        *,
+        num_threads: Optional[int] = None,
     ) -> np.ndarray:
         """`encode` as a read-only np.uint32 array, built without a Python int per token."""
         self._check_text(text)
         buffer = self._core.encode_to_buffer(
-            text, self._allowed_list(text, allowed_special, disallowed_special)
+            text, self._allowed_list(text, allowed_special, disallowed_special), _threads(num_threads)
         )
         import numpy as np
 

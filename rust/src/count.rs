@@ -311,7 +311,7 @@ fn may_be_cut(bytes: &[u8], at: usize) -> bool {
 }
 
 /// The last safe cut in `(from, to]`.
-fn last_safe_cut(bytes: &[u8], from: usize, to: usize) -> Option<usize> {
+pub(crate) fn last_safe_cut(bytes: &[u8], from: usize, to: usize) -> Option<usize> {
     (from + 1..=to.min(bytes.len()))
         .rev()
         .find(|&at| may_be_cut(bytes, at) && is_safe_cut(bytes, at))

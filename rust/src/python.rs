@@ -518,31 +518,38 @@ impl PyTokenizer {
         })
     }
 
+    #[pyo3(signature = (text, num_threads = 0))]
     fn encode_ordinary<'py>(
         &self,
         py: Python<'py>,
         text: &Bound<'py, PyAny>,
+        num_threads: usize,
     ) -> PyResult<Bound<'py, PyList>> {
         guarded(|| {
             let text = utf8(str_arg(text, "text")?)?;
             let ids = py
-                .allow_threads(|| self.inner.encode_ordinary(text))
+                .allow_threads(|| self.inner.encode_parallel(text, None, num_threads))
                 .map_err(to_py_err)?;
             self.id_list(py, &ids)
         })
     }
 
+    #[pyo3(signature = (text, allowed_special, num_threads = 0))]
     fn encode<'py>(
         &self,
         py: Python<'py>,
         text: &Bound<'py, PyAny>,
         allowed_special: Vec<String>,
+        num_threads: usize,
     ) -> PyResult<Bound<'py, PyList>> {
         guarded(|| {
             let text = utf8(str_arg(text, "text")?)?;
             let matcher = self.matcher(&allowed_special)?;
             let ids = py
-                .allow_threads(|| self.inner.encode(text, matcher.as_deref()))
+                .allow_threads(|| {
+                    self.inner
+                        .encode_parallel(text, matcher.as_deref(), num_threads)
+                })
                 .map_err(to_py_err)?;
             self.id_list(py, &ids)
         })
@@ -613,17 +620,22 @@ impl PyTokenizer {
         })
     }
 
+    #[pyo3(signature = (text, allowed_special, num_threads = 0))]
     fn encode_to_buffer<'py>(
         &self,
         py: Python<'py>,
         text: &Bound<'py, PyAny>,
         allowed_special: Vec<String>,
+        num_threads: usize,
     ) -> PyResult<Bound<'py, PyBytes>> {
         guarded(|| {
             let text = utf8(str_arg(text, "text")?)?;
             let matcher = self.matcher(&allowed_special)?;
             let ids = py
-                .allow_threads(|| self.inner.encode(text, matcher.as_deref()))
+                .allow_threads(|| {
+                    self.inner
+                        .encode_parallel(text, matcher.as_deref(), num_threads)
+                })
                 .map_err(to_py_err)?;
             ids_bytes(py, &ids)
         })

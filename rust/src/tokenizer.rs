@@ -23,6 +23,13 @@ const DENSE_SLACK: usize = 1024;
 /// Zero bytes after the decode table, so that `decode_into` can copy a token of at most this many
 /// bytes as a fixed-size block (its bytes and then some, overwritten by the next token).
 const DECODE_PAD: usize = 16;
+/// Texts at least this long are encoded on several threads by `encode_parallel`; shorter ones are
+/// not worth a thread hand-off.
+const PARALLEL_MIN_BYTES: usize = 1 << 18;
+/// Parts per thread in `encode_parallel`, so that threads that finish early take more.
+const PARTS_PER_THREAD: usize = 4;
+/// How far back from an even fraction of the text `parallel_cuts` looks for a safe cut.
+const CUT_SEARCH_BYTES: usize = 1 << 16;
 /// Chunks at most this long are remembered by the per-thread cache (longer ones are rarely
 /// repeated, and caching a chunk that never comes back costs two allocations).
 const CACHED_CHUNK_MAX: usize = 32;
@@ -828,6 +835,80 @@ impl Tokenizer {
         Ok(out)
     }
 
+    /// `encode` of one text on up to `num_threads` threads (0 = all cores): a text of at least
+    /// `PARALLEL_MIN_BYTES` under a built-in pattern is cut where chunking is known to restart
+    /// (`count::last_safe_cut`: after a newline between non-spaces, or between a letter and plain
+    /// punctuation, the places streaming training cuts files at) and never inside an allowed
+    /// special token; the parts are encoded at once and their ids joined. The ids are those of
+    /// `encode`, since both halves of a safe cut chunk exactly as inside the whole text.
+    pub fn encode_parallel(
+        &self,
+        text: &str,
+        specials: Option<&SpecialMatcher>,
+        num_threads: usize,
+    ) -> Result<Vec<u32>> {
+        let threads = if num_threads == 0 {
+            crate::threads::default_threads()
+        } else {
+            num_threads
+        };
+        if threads < 2 || text.len() < PARALLEL_MIN_BYTES || !self.pattern.is_builtin_split() {
+            return self.encode(text, specials);
+        }
+        let cuts = self.parallel_cuts(text, specials, threads * PARTS_PER_THREAD);
+        if cuts.len() < 3 {
+            return self.encode(text, specials);
+        }
+        let parts: Vec<&str> = cuts.windows(2).map(|w| &text[w[0]..w[1]]).collect();
+        let encoded = with_threads(threads, || {
+            parts
+                .par_iter()
+                .map(|part| self.encode(part, specials))
+                .collect::<Result<Vec<_>>>()
+        })??;
+        let mut ids = Vec::with_capacity(encoded.iter().map(Vec::len).sum());
+        for part in encoded {
+            ids.extend_from_slice(&part);
+        }
+        Ok(ids)
+    }
+
+    /// 0, the safe cuts near `parts` even fractions of `text` (none inside an allowed special
+    /// token), and `text.len()`.
+    fn parallel_cuts(
+        &self,
+        text: &str,
+        specials: Option<&SpecialMatcher>,
+        parts: usize,
+    ) -> Vec<usize> {
+        let bytes = text.as_bytes();
+        let specials_at: Vec<(usize, usize)> = specials.map_or_else(Vec::new, |m| {
+            m.finder
+                .find_iter(text)
+                .map(|found| (found.start(), found.end()))
+                .collect()
+        });
+        let inside_special = |at: usize| {
+            let i = specials_at.partition_point(|&(_, end)| end <= at);
+            specials_at.get(i).is_some_and(|&(start, _)| start < at)
+        };
+        let step = text.len() / parts;
+        let mut cuts = vec![0];
+        for k in 1..parts {
+            let want = k * step;
+            let from = *cuts.last().expect("starts with 0");
+            // A bounded search back: text with no safe cut nearby is simply cut less often.
+            let floor = from.max(want.saturating_sub(CUT_SEARCH_BYTES));
+            if let Some(at) = crate::count::last_safe_cut(bytes, floor, want) {
+                if at > from && !inside_special(at) {
+                    cuts.push(at);
+                }
+            }
+        }
+        cuts.push(text.len());
+        cuts
+    }
+
     /// Each text encoded on its own, in parallel; results in input order.
     pub fn encode_batch<S: AsRef<str> + Sync>(
         &self,
@@ -979,6 +1060,32 @@ mod tests {
             let decoded = tok.decode_bytes(ids.iter().map(|&i| u64::from(i))).unwrap();
             prop_assert_eq!(decoded, text.as_bytes());
         }
+    }
+
+    #[test]
+    fn parallel_encoding_equals_one_thread() {
+        let tok = trained(&SAMPLE.repeat(3), Pattern::Gpt2, 60);
+        let line =
+            "the cat sat, on the mat; the dog ate the hat.\n三国演义 第一回,宴桃园豪杰三结义\n";
+        let mut text = line.repeat(PARALLEL_MIN_BYTES / line.len() + 50);
+        text.insert_str(text.len() / 2, "<|endoftext|>");
+        text.insert_str(text.len() / 3, "<|endoftext|>");
+        let matcher = tok.special_matcher(&["<|endoftext|>".to_string()]).unwrap();
+        for specials in [None, matcher.as_deref()] {
+            let one = tok.encode(&text, specials).unwrap();
+            for threads in [2, 3, 8] {
+                assert_eq!(tok.encode_parallel(&text, specials, threads).unwrap(), one);
+            }
+            // The cuts are real (the text is long enough to be split), and never inside a special.
+            let cuts = tok.parallel_cuts(&text, specials, 16);
+            assert!(cuts.len() > 3, "{cuts:?}");
+        }
+        // A text with no safe cut anywhere is encoded whole, still correctly.
+        let word = "ab".repeat(PARALLEL_MIN_BYTES);
+        assert_eq!(
+            tok.encode_parallel(&word, None, 4).unwrap(),
+            tok.encode_ordinary(&word).unwrap()
+        );
     }
 
     #[test]
