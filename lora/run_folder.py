@@ -1,0 +1,95 @@
+"""lora.finetune's folders: the output OUT, and OUT.partial where an unfinished run keeps its resume
+state (and, by default, its tensorboard logs) until the adapter is written.
+
+Decided before anything slow starts: whether OUT may be written (bpe_fast.files.check_overwrite: only
+an earlier lora.finetune output is ever replaced, never an input), and what to do with an OUT.partial
+left by an interrupted run: continue it (--resume), start again (--overwrite), or stop and say which.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from bpe_fast.cliutil import UserError
+from bpe_fast.files import OverwriteRefused, check_overwrite, marker_tool, recover_dir, write_marker
+from lora.config import TOOL, FinetuneConfig, flag
+from lora.data import check_data_spec
+from lora.sources import local_path
+
+PARTIAL_SUFFIX = ".partial"
+RESUME_DIR = "resume"
+STATE_FILE = "state.json"
+
+
+@dataclass
+class RunFolder:
+    out: Path
+    work: Path
+    resume_step: Optional[int]  # the step the resume state in `work` was saved at, if one is used
+
+    @property
+    def resume_dir(self) -> Path:
+        return self.work / RESUME_DIR
+
+    def tensorboard_dir(self, config: FinetuneConfig) -> Path:
+        return Path(config.logdir) if config.logdir else self.work / "tensorboard"
+
+    def create(self) -> None:
+        self.work.mkdir(parents=True, exist_ok=True)
+        write_marker(self.work, TOOL)
+
+    def finish(self) -> None:
+        """Removes OUT.partial once OUT is complete."""
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def saved_step(work: Path) -> Optional[int]:
+    """The step of the resume state in `work`, or None when it holds none (or an unreadable one)."""
+    recover_dir(work / RESUME_DIR)  # a state replacement cut short by a crash: keep the complete copy
+    try:
+        return int(json.loads((work / RESUME_DIR / STATE_FILE).read_text(encoding="utf-8"))["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def inputs_of(config: FinetuneConfig):
+    """The local paths a run reads (its output must not overlap any of them)."""
+    paths = [local_path(config.model), local_path(config.tokenizer)]
+    data_file = check_data_spec(config.data)
+    if data_file is not None:
+        paths.append(data_file)
+    return [path for path in paths if path is not None]
+
+
+def prepare_run_folder(config: FinetuneConfig, log: Callable[[str], None] = print) -> RunFolder:
+    """The run's folders after the checks in the module notes; nothing is created or removed unless
+    the run may go ahead."""
+    if config.out is None:
+        raise UserError("--out is required")
+    out = Path(config.out).expanduser()
+    work = out.with_name(out.name + PARTIAL_SUFFIX)
+    check_overwrite(out, TOOL, config.overwrite, inputs_of(config))
+    if not work.exists():
+        if config.resume:
+            log(f"notice: --resume: {work} does not exist, so the run starts from the beginning")
+        return RunFolder(out, work, None)
+    if not work.is_dir() or (any(work.iterdir()) and marker_tool(work) != TOOL):
+        raise OverwriteRefused(
+            f"{work} exists and was not made by {TOOL}, which keeps unfinished runs there: move it away"
+        )
+    step = saved_step(work)
+    if step is not None and config.resume:
+        return RunFolder(out, work, step)
+    if step is not None and not config.overwrite:
+        raise UserError(
+            f"{work} holds an interrupted run saved at step {step}: pass --resume to continue it, or "
+            f"{flag('overwrite')} to start again"
+        )
+    if config.resume:
+        log(f"notice: --resume: {work} holds no saved state, so the run starts from the beginning")
+    shutil.rmtree(work)
+    return RunFolder(out, work, None)
