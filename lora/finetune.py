@@ -19,7 +19,7 @@ from typing import List, Optional
 
 from bpe_fast.cliutil import run_main
 from lora.config import build_parser, parse_config  # noqa: F401  (build_parser: the CLI's flags)
-from lora.run_folder import prepare_run_folder
+from lora.run_folder import TrainingInterrupted, prepare_run_folder
 from lora.sources import resolve_model_source, resolve_tokenizer_source
 
 PROG = "python -m lora.finetune"
@@ -35,7 +35,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         training.finetune_model(config, folder=folder)
-    except training.TrainingInterrupted:
+    except TrainingInterrupted:
         return EXIT_TERMINATED
     return 0
 

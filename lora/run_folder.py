@@ -25,6 +25,14 @@ RESUME_DIR = "resume"
 STATE_FILE = "state.json"
 
 
+class TrainingInterrupted(Exception):
+    """SIGTERM arrived: the resume state was saved in OUT.partial and the run stopped; --resume continues it."""
+
+
+class TrainingDiverged(UserError):
+    """The weights or the losses stopped being finite: nothing is saved as complete."""
+
+
 @dataclass
 class RunFolder:
     out: Path

@@ -40,7 +40,7 @@ from lora.precision import autocast, grad_scaler, resolve_device, resolve_precis
 from lora.records import json_safe
 from lora.resources import load_eval_prompts
 from lora.resume import load_state, save_state, trainable_parameters
-from lora.run_folder import RunFolder, prepare_run_folder
+from lora.run_folder import RunFolder, TrainingDiverged, TrainingInterrupted, prepare_run_folder
 from lora.sources import resolve_model_source
 
 Log = Callable[[str], None]
@@ -48,14 +48,6 @@ Log = Callable[[str], None]
 # Consecutive steps with a non-finite training loss after which the run is declared diverged (a single
 # bad step is skipped; a run that keeps producing NaN would only waste hours).
 MAX_NONFINITE_STREAK = 8
-
-
-class TrainingInterrupted(Exception):
-    """SIGTERM arrived: the resume state was saved and the run stopped; --resume continues it."""
-
-
-class TrainingDiverged(UserError):
-    """The weights or the losses stopped being finite: nothing is saved as complete."""
 
 
 # ------------------------------------------------------------------------------------------- 1. set-up

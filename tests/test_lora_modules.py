@@ -8,6 +8,7 @@ pytest.importorskip("peft")
 
 from peft import get_peft_model  # noqa: E402
 
+from bpe_fast.cliutil import UserError  # noqa: E402
 from lora import modeling  # noqa: E402
 from lora.tiny_model import tiny_model  # noqa: E402
 
@@ -91,23 +92,23 @@ def test_expected_parameters_helper_matches_peft(llama, gpt2):
 
 
 def test_unmatched_names_fail_listing_available(llama, gpt2):
-    with pytest.raises(ValueError, match=r"match no layer.*Available module names: .*q_proj") as error:
+    with pytest.raises(UserError, match=r"match no layer.*Available module names: .*q_proj") as error:
         modeling.resolve_target_modules(llama, ["nonexistent"])
     assert "down_proj" in str(error.value)
     # peft would silently adapt q_proj and ignore c_attn; here a partial match is an error.
-    with pytest.raises(ValueError, match=r"\['c_attn'\] match no layer") as error:
+    with pytest.raises(UserError, match=r"\['c_attn'\] match no layer") as error:
         modeling.resolve_target_modules(llama, ["q_proj", "c_attn"])
     assert "v_proj" in str(error.value)
-    with pytest.raises(ValueError, match=r"Available module names: .*attn\.c_attn"):
+    with pytest.raises(UserError, match=r"Available module names: .*attn\.c_attn"):
         modeling.resolve_target_modules(gpt2, ["q_proj"])
 
 
 def test_lm_head_and_non_linear_layers_are_refused(gpt2, llama):
-    with pytest.raises(ValueError, match="LM head"):
+    with pytest.raises(UserError, match="LM head"):
         modeling.resolve_target_modules(gpt2, ["lm_head"])
-    with pytest.raises(ValueError, match="only Linear/Conv1D"):
+    with pytest.raises(UserError, match="only Linear/Conv1D"):
         modeling.resolve_target_modules(gpt2, ["attn"])
-    with pytest.raises(ValueError, match="only Linear/Conv1D"):
+    with pytest.raises(UserError, match="only Linear/Conv1D"):
         modeling.resolve_target_modules(llama, ["input_layernorm"])
 
 
@@ -116,7 +117,7 @@ def test_unknown_architecture_group_is_an_error(gpt2):
 
     odd = copy.deepcopy(gpt2)
     odd.config.model_type = "unheard_of"
-    with pytest.raises(ValueError, match="no 'attention' group is defined for model type 'unheard_of'"):
+    with pytest.raises(UserError, match="no 'attention' group is defined for model type 'unheard_of'"):
         modeling.expand_target_modules(odd, ["attention"])
     # all-linear works for any architecture.
     assert modeling.expand_target_modules(odd, ["all-linear"])
