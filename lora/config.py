@@ -329,6 +329,10 @@ def build_parser() -> ArgumentParser:
 def config_from_values(given: Dict[str, object], preset: Optional[str] = None) -> FinetuneConfig:
     """Defaults, then the preset, then `given` (field name -> value)."""
     values = load_preset(preset) if preset else {}
+    try:
+        FinetuneConfig(**values)
+    except UserError as error:
+        raise UserError(f"--preset {preset}: {error}") from None
     values.update(given)
     return FinetuneConfig(**values)
 

@@ -25,6 +25,8 @@ from lora.sources import hub_reachable
 if TYPE_CHECKING:
     import torch
 
+    from lora.config import FinetuneConfig
+
 IGNORE_INDEX = -100
 
 # The Stanford Alpaca templates, verbatim (with and without an input field).
@@ -295,6 +297,26 @@ def split_rows(
     if not train:
         raise UserError(f"no training rows left: {len(rows)} rows, {eval_samples} held out")
     return train, held_out
+
+
+@dataclass
+class DataSplit:
+    """A run's rows after the seeded split, and what they are."""
+
+    source: str
+    fingerprint: str
+    train_rows: List[dict]
+    eval_rows: List[dict]
+    data_format: str
+
+
+def split_data(config: FinetuneConfig, log=print) -> DataSplit:
+    """The rows of --data, held out and training, as the seeded split makes them. Needs no torch, so
+    a bad --data is reported before the slow imports and the model load."""
+    rows, source = load_rows(config.data, log)
+    train_rows, eval_rows = split_rows(rows, config.eval_samples, config.max_samples, config.seed)
+    fmt = config.data_format if config.data_format != "auto" else detect_format(rows, source)
+    return DataSplit(source, rows_fingerprint(rows), train_rows, eval_rows, fmt)
 
 
 def collate(examples: Iterable[Example], pad_id: int) -> Dict[str, torch.Tensor]:

@@ -19,6 +19,7 @@ from typing import List, Optional
 
 from bpe_fast.cliutil import run_main
 from lora.config import build_parser, parse_config  # noqa: F401  (build_parser: the CLI's flags)
+from lora.data import split_data
 from lora.run_folder import TrainingInterrupted, prepare_run_folder
 from lora.sources import resolve_model_source, resolve_tokenizer_source
 
@@ -28,13 +29,14 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM: stopped on request, resumable
 
 def main(argv: Optional[List[str]] = None) -> int:
     config = parse_config(argv)
-    folder = prepare_run_folder(config)
     resolve_model_source(config.model)
     resolve_tokenizer_source(config.tokenizer)
+    folder = prepare_run_folder(config)
+    split = split_data(config)
     from lora import training  # torch and transformers: only once the command line is known to be sound
 
     try:
-        training.finetune_model(config, folder=folder)
+        training.finetune_model(config, folder=folder, split=split)
     except TrainingInterrupted:
         return EXIT_TERMINATED
     return 0

@@ -93,6 +93,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.width % args.heads:
         parser.error(f"--width {args.width} must be a multiple of --heads {args.heads}")
+    if args.out.exists():
+        raise UserError(f"--out {args.out} already exists; choose a new folder")
     path = write_tiny_model(args.out, args.arch, args.seed, n_layer=args.layers, n_embd=args.width, n_head=args.heads)
     print(f"wrote {args.arch} tiny model to {path}")
     return 0

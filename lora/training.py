@@ -54,15 +54,6 @@ MAX_NONFINITE_STREAK = 8
 
 
 @dataclass
-class DataSplit:
-    source: str
-    fingerprint: str
-    train_rows: List[dict]
-    eval_rows: List[dict]
-    data_format: str
-
-
-@dataclass
 class Examples:
     train: List[lora_data.Example]
     held_out: List[lora_data.Example]
@@ -84,14 +75,6 @@ class AdaptedModel:
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
-
-
-def split_data(config: FinetuneConfig, log: Log) -> DataSplit:
-    """The rows, held out and training, as the seeded split makes them (before the slow model load)."""
-    rows, source = lora_data.load_rows(config.data, log)
-    train_rows, eval_rows = lora_data.split_rows(rows, config.eval_samples, config.max_samples, config.seed)
-    fmt = config.data_format if config.data_format != "auto" else lora_data.detect_format(rows, source)
-    return DataSplit(source, lora_data.rows_fingerprint(rows), train_rows, eval_rows, fmt)
 
 
 def adapt_model(config: FinetuneConfig, base_model, tokenizer, device: torch.device, log: Log) -> AdaptedModel:
@@ -117,7 +100,7 @@ def adapt_model(config: FinetuneConfig, base_model, tokenizer, device: torch.dev
     return AdaptedModel(model, tokenizer, targets, len(selected), trainable, total)
 
 
-def encode_examples(config: FinetuneConfig, split: DataSplit, adapted: AdaptedModel, log: Log) -> Examples:
+def encode_examples(config: FinetuneConfig, split: lora_data.DataSplit, adapted: AdaptedModel, log: Log) -> Examples:
     max_length = config.max_length
     context = modeling.context_length(adapted.model)
     if context is not None and max_length > context:
@@ -463,12 +446,13 @@ def finetune_model(
     log: Log = print,
     progress: bool = True,
     folder: Optional[RunFolder] = None,
+    split: Optional[lora_data.DataSplit] = None,
 ):
     """Fine-tune per `config`; returns (trained peft model, tokenizer, run.json's data).
 
     base_model / tokenizer may be passed in (a sweep loads them once); the base is deep-copied, never
-    modified. `folder` is what prepare_run_folder(config) decided, when the caller has checked it
-    already. Raises TrainingInterrupted after a SIGTERM (the state is saved for --resume) and
+    modified. `folder` (prepare_run_folder) and `split` (lora.data.split_data) may come from a caller
+    that checked the command line before importing torch. Raises TrainingInterrupted after a SIGTERM (the state is saved for --resume) and
     TrainingDiverged when the weights or losses stop being finite.
     """
     started = time.time()
@@ -476,7 +460,7 @@ def finetune_model(
     _seed_everything(config.seed)
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device, log)
-    split = split_data(config, log)  # a bad --data fails before the slow model load
+    split = split or lora_data.split_data(config, log)
     adapted = adapt_model(config, base_model, tokenizer, device, log)
     examples = encode_examples(config, split, adapted, log)
 
