@@ -53,28 +53,32 @@ def check_adapter_dir(adapter_dir: Path) -> Path:
     return adapter_dir
 
 
-def base_model_for(
-    adapter_dir: Path, model: Optional[str], tokenizer: Optional[str]
-) -> Tuple[str, Optional[str]]:
-    """The --model / --tokenizer to load under an adapter: as given, else as recorded by lora.finetune
-    (run.json), else peft's base_model_name_or_path."""
+def recorded_base(adapter_dir: Path) -> Tuple[Optional[str], Optional[str]]:
+    """(model, tokenizer) an adapter was trained on, as lora.finetune's run.json records them, else
+    peft's base_model_name_or_path; None where nothing says."""
     adapter_dir = check_adapter_dir(adapter_dir)
-    summary = read_run_summary(adapter_dir) or {}
-    settings = summary.get("settings", {})
+    settings = (read_run_summary(adapter_dir) or {}).get("settings", {})
     settings = settings if isinstance(settings, dict) else {}
-    if model is None:
-        model = settings.get("model")
-    if tokenizer is None:
-        tokenizer = settings.get("tokenizer")
+    model, tokenizer = settings.get("model"), settings.get("tokenizer")
     if model is None:
         try:
             config = json.loads((adapter_dir / CONFIG_FILE).read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise UserError(f"{adapter_dir / CONFIG_FILE}: not valid JSON ({error})") from None
         model = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    return (str(model) if model else None), tokenizer
+
+
+def base_model_for(
+    adapter_dir: Path, model: Optional[str], tokenizer: Optional[str]
+) -> Tuple[str, Optional[str]]:
+    """The --model / --tokenizer to load under an adapter: as given, else as recorded (recorded_base)."""
+    recorded_model, recorded_tokenizer = recorded_base(adapter_dir)
+    model = model if model is not None else recorded_model
+    tokenizer = tokenizer if tokenizer is not None else recorded_tokenizer
     if not model:
         raise UserError(f"{adapter_dir}: cannot tell the base model; pass --model")
-    return str(model), tokenizer
+    return model, tokenizer
 
 
 def check_adapter_tensors(expected: Mapping[str, object], saved: Mapping[str, object], where: Path) -> None:

@@ -39,6 +39,7 @@ DATA_FORMATS = ("auto", "alpaca", "text")
 SEED = bounded(int, minimum=0, maximum=2**32 - 1)  # what torch.manual_seed and random.Random both take
 MAX_LENGTH = bounded(int, minimum=2)  # one token predicts nothing
 
+
 def device_name(text: str) -> str:
     """An argparse type for --device: auto, cpu, cuda or cuda:N (whether CUDA exists is checked later)."""
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):

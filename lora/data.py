@@ -48,7 +48,6 @@ HUB_DATASETS: Dict[str, Tuple[str, str]] = {
 }
 
 
-
 def alpaca_prompt(instruction: str, input_text: str = "") -> str:
     """The Alpaca prompt for one example (the part the model is not trained to produce)."""
     if input_text and input_text.strip():
@@ -102,7 +101,9 @@ def _read_parquet(path: Path) -> List[dict]:
     try:
         return parquet.read_table(path).to_pylist()
     except (ValueError, OSError) as error:  # pyarrow's ArrowInvalid is a ValueError
-        raise UserError(f"{path}: not a readable parquet file ({str(error).strip().splitlines()[0]})") from None
+        raise UserError(
+            f"{path}: not a readable parquet file ({str(error).strip().splitlines()[0]})"
+        ) from None
 
 
 LOCAL_READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
@@ -169,7 +170,9 @@ def check_data_spec(data: str) -> Optional[Path]:
         what = "a folder, not a file" if path.is_dir() else "no such file"
         raise UserError(f"--data {data}: {what}, and not one of the data set names ({names})")
     if path.suffix.lower() not in LOCAL_READERS:
-        raise UserError(f"--data {data}: unsupported file type {path.suffix!r}; use one of {sorted(LOCAL_READERS)}")
+        raise UserError(
+            f"--data {data}: unsupported file type {path.suffix!r}; use one of {sorted(LOCAL_READERS)}"
+        )
     return path
 
 

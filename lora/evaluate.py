@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from bpe_fast.cliutil import ArgumentParser, UserError, positive_int, run_main
 from bpe_fast.files import atomic_write_json, atomic_write_text
 from lora import data as lora_data
-from lora.adapters import base_model_for, check_adapter_dir, read_run_summary
+from lora.adapters import base_model_for, check_adapter_dir, read_run_summary, recorded_base
 from lora.config import MAX_LENGTH, PRECISIONS, SEED, device_name
 from lora.records import json_safe
 from lora.resources import load_eval_prompts
@@ -99,7 +99,10 @@ def heldout_rows_limit(
             )
         held_out = int(settings.get("eval_samples", 0))
         if held_out < limit:
-            limit, reason = held_out, f"{adapter} held out only {held_out} rows of it (it trained on the rest)"
+            limit, reason = (
+                held_out,
+                f"{adapter} held out only {held_out} rows of it (it trained on the rest)",
+            )
     if limit < requested:
         log(f"notice: --loss-samples {requested} lowered to {limit} for {dataset}: {reason}")
     return limit
@@ -180,7 +183,9 @@ def evaluate(
                 on_prompt=lambda: bar.update(1),
             )
             column_losses = {
-                dataset: heldout_loss(model, examples, pad_id, device, precision, on_batch=lambda: bar.update(1))
+                dataset: heldout_loss(
+                    model, examples, pad_id, device, precision, on_batch=lambda: bar.update(1)
+                )
                 for dataset, examples in encoded_sets.items()
             }
             return texts, column_losses
@@ -224,9 +229,9 @@ def plan_columns(model_name, adapters: Sequence[Path], names, tokenizer_name, lo
         if not adapters:
             raise UserError("--model is required when no --adapters are given")
         model_name, tokenizer_name = base_model_for(adapters[0], None, tokenizer_name)
-    for adapter in adapters[1:]:
-        recorded, _ = base_model_for(adapter, None, None)
-        if recorded != model_name:
+    for adapter in adapters:
+        recorded, _ = recorded_base(adapter)
+        if recorded is not None and recorded != model_name:
             log(f"notice: {adapter} was trained on {recorded}, evaluated here on {model_name}")
     resolve_model_source(model_name)
     resolve_tokenizer_source(tokenizer_name)
@@ -277,10 +282,24 @@ def build_parser() -> ArgumentParser:
         default=32,
         help="held-out rows per data set (default 32; lowered, with a notice, to the rows an adapter held out)",
     )
-    add("--seed", type=SEED, default=0, help="split seed (as lora.finetune --seed) and sampling seed (default 0)")
-    add("--max-length", type=MAX_LENGTH, default=512, help="tokens per loss sample, capped at the context (default 512)")
+    add(
+        "--seed",
+        type=SEED,
+        default=0,
+        help="split seed (as lora.finetune --seed) and sampling seed (default 0)",
+    )
+    add(
+        "--max-length",
+        type=MAX_LENGTH,
+        default=512,
+        help="tokens per loss sample, capped at the context (default 512)",
+    )
     add("--max-new-tokens", type=positive_int, default=40, help="tokens generated per prompt (default 40)")
-    add("--sample", action="store_true", help="seeded sampling (temperature 0.8, top-p 0.95) instead of greedy")
+    add(
+        "--sample",
+        action="store_true",
+        help="seeded sampling (temperature 0.8, top-p 0.95) instead of greedy",
+    )
     add(
         "--instruction-format",
         choices=["report", "alpaca"],

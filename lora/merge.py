@@ -80,7 +80,9 @@ def merge_adapter(
             reloaded = AutoModelForCausalLM.from_pretrained(str(staging), dtype=torch.float32)
             report["saved_logits_equal"] = all(
                 torch.equal(x, y)
-                for x, y in zip(merge_check.probe_logits(reloaded, inputs), merge_check.probe_logits(merged, inputs))
+                for x, y in zip(
+                    merge_check.probe_logits(reloaded, inputs), merge_check.probe_logits(merged, inputs)
+                )
             )
             del reloaded
             atomic_write_json(staging / "merge_check.json", json_safe(report), indent=2)
@@ -99,15 +101,21 @@ def build_parser() -> ArgumentParser:
         description="Merge a LoRA adapter into its base model (float64 merge arithmetic) and check the result.",
     )
     parser.add_argument(
-        "--adapter", required=True, type=Path, help="adapter folder written by lora.finetune (or any peft LoRA adapter)"
+        "--adapter",
+        required=True,
+        type=Path,
+        help="adapter folder written by lora.finetune (or any peft LoRA adapter)",
     )
     parser.add_argument(
-        "--model", help="base model (hub id, directory, .gguf, smollm2); default: the one in the adapter's run.json"
+        "--model",
+        help="base model (hub id, directory, .gguf, smollm2); default: the one in the adapter's run.json",
     )
     parser.add_argument(
         "--tokenizer", help="tokenizer, if the base model has none ('gpt2-bundled' = bpe_fast's GPT-2 files)"
     )
-    parser.add_argument("--out", required=True, type=Path, help="output folder for the merged model and tokenizer")
+    parser.add_argument(
+        "--out", required=True, type=Path, help="output folder for the merged model and tokenizer"
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -125,7 +133,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     plan_merge(args.adapter, args.out, args.model, args.tokenizer, args.overwrite)  # before the slow imports
     try:
-        merge_adapter(args.adapter, args.out, args.model, args.tokenizer, args.overwrite, check=not args.no_check)
+        merge_adapter(
+            args.adapter, args.out, args.model, args.tokenizer, args.overwrite, check=not args.no_check
+        )
     except MergeCheckFailed as failure:
         print(f"{PROG}: {failure}", file=sys.stderr)
         return EXIT_CHECK_FAILED

@@ -202,9 +202,7 @@ def problems(report: Dict[str, object]) -> List[str]:
 
 def verdict(report: Dict[str, object]) -> str:
     """The one line that says whether the merge is right."""
-    difference = (
-        f"max |merged - adapter| logits difference {report['fp32_merged_vs_adapter']:.1e} in float32"
-    )
+    difference = f"max |merged - adapter| logits difference {report['fp32_merged_vs_adapter']:.1e} in float32"
     wrong = problems(report)
     if wrong:
         return "merge FAILED: " + "; ".join(wrong)

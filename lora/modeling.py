@@ -87,7 +87,9 @@ def load_tokenizer(source: ModelSource, tokenizer: Optional[str] = None):
         try:
             return AutoTokenizer.from_pretrained(own.name_or_path, **own.from_pretrained_kwargs())
         except (OSError, ValueError) as error:
-            raise UserError(f"--tokenizer {tokenizer}: no tokenizer could be loaded ({_first_line(error)})") from None
+            raise UserError(
+                f"--tokenizer {tokenizer}: no tokenizer could be loaded ({_first_line(error)})"
+            ) from None
     try:
         return AutoTokenizer.from_pretrained(source.name_or_path, **source.from_pretrained_kwargs())
     except (OSError, ValueError, TypeError) as error:
@@ -111,7 +113,9 @@ def load_model(source: ModelSource):
             source.name_or_path, dtype=torch.float32, **source.from_pretrained_kwargs()
         )
     except OSError as error:  # transformers' "not found" and "cannot connect" are both OSErrors
-        raise UserError(f"--model {source.describe()}: the model could not be loaded ({_first_line(error)})") from None
+        raise UserError(
+            f"--model {source.describe()}: the model could not be loaded ({_first_line(error)})"
+        ) from None
     if source.gguf_file:
         _drop_dequantized_gguf_quantizer(model)
     return model

@@ -15,9 +15,13 @@ def _clean(value, path: str, found: Dict[str, str]):
         found[path] = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
         return None
     if isinstance(value, dict):
-        return {key: _clean(item, f"{path}.{key}" if path else str(key), found) for key, item in value.items()}
+        return {
+            key: _clean(item, f"{path}.{key}" if path else str(key), found) for key, item in value.items()
+        }
     if isinstance(value, (list, tuple)):
-        return [_clean(item, f"{path}.{index}" if path else str(index), found) for index, item in enumerate(value)]
+        return [
+            _clean(item, f"{path}.{index}" if path else str(index), found) for index, item in enumerate(value)
+        ]
     return value
 
 

@@ -63,7 +63,9 @@ def save_state(folder: Path, model, optimizer, scaler, progress: Dict[str, objec
         save_file(trainable, str(temp / "trainable.safetensors"))
         save_file(tensors, str(temp / "optimizer.safetensors"))
         save_file(_rng_tensors(), str(temp / "rng.safetensors"))
-        (temp / STATE_FILE).write_text(json.dumps(json_safe(record), allow_nan=False) + "\n", encoding="utf-8")
+        (temp / STATE_FILE).write_text(
+            json.dumps(json_safe(record), allow_nan=False) + "\n", encoding="utf-8"
+        )
     return folder
 
 
@@ -71,7 +73,9 @@ def _load(folder: Path, name: str) -> Dict[str, torch.Tensor]:
     try:
         return load_file(str(folder / name))
     except Exception as error:  # safetensors raises its own error types, or OSError
-        raise UserError(f"{folder / name}: unreadable resume state ({error}); use --overwrite to start again") from None
+        raise UserError(
+            f"{folder / name}: unreadable resume state ({error}); use --overwrite to start again"
+        ) from None
 
 
 def load_state(folder: Path, model, optimizer, scaler) -> Dict[str, object]:
@@ -80,7 +84,9 @@ def load_state(folder: Path, model, optimizer, scaler) -> Dict[str, object]:
     try:
         record = restore_nonfinite(json.loads((folder / STATE_FILE).read_text(encoding="utf-8")))
     except (OSError, ValueError) as error:
-        raise UserError(f"{folder / STATE_FILE}: unreadable resume state ({error}); use --overwrite") from None
+        raise UserError(
+            f"{folder / STATE_FILE}: unreadable resume state ({error}); use --overwrite"
+        ) from None
     if record.get("format") != FORMAT:
         raise UserError(f"{folder}: resume state format {record.get('format')!r}, expected {FORMAT}")
     trainable = trainable_parameters(model)

@@ -50,7 +50,7 @@ def hub_offline_by_setting() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def hub_reachable(timeout_s: float = 3.0) -> bool:
     """Whether huggingface.co answers (once per process): loaders can take minutes to give up offline."""
     if hub_offline_by_setting():
@@ -107,7 +107,9 @@ def resolve_model_source(model: str, option: str = "--model") -> ModelSource:
             )
         return ModelSource(str(path.resolve()))
     if path.exists():
-        raise UserError(f"{option} {model}: a file that is not .gguf; give a model folder, a .gguf or a hub id")
+        raise UserError(
+            f"{option} {model}: a file that is not .gguf; give a model folder, a .gguf or a hub id"
+        )
     if looks_local(model):
         raise UserError(f"{option} {model}: no such model folder (the path does not exist)")
     return _hub_source(model, option, "config.json")

@@ -112,7 +112,9 @@ def grid_from_args(args: argparse.Namespace) -> Tuple[FinetuneConfig, Dict[str, 
         if chosen is None:  # not swept: the single value lora.finetune would use
             chosen = ",".join(base.target_modules) if key == "target_modules" else getattr(base, key)
         grid[key] = _as_list(chosen)
-    grid["target_modules"] = [",".join(v) if isinstance(v, (list, tuple)) else v for v in grid["target_modules"]]
+    grid["target_modules"] = [
+        ",".join(v) if isinstance(v, (list, tuple)) else v for v in grid["target_modules"]
+    ]
     for key in SWEPT:  # each swept value passes the same check as the flag of one run
         grid[key] = [getattr(dataclasses.replace(base, **{key: value}), key) for value in grid[key]]
     grid["target_modules"] = [",".join(value) for value in grid["target_modules"]]

@@ -82,20 +82,29 @@ def write_tiny_model(out: Path, arch: str = "gpt2", seed: int = 0, **sizes) -> P
     return out
 
 
-def main(argv=None) -> int:
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
-    parser.add_argument("--arch", choices=["gpt2", "llama"], default="gpt2", help="architecture (default gpt2)")
+    parser.add_argument(
+        "--arch", choices=["gpt2", "llama"], default="gpt2", help="architecture (default gpt2)"
+    )
     parser.add_argument("--out", required=True, type=Path, help="new directory to write the model into")
     parser.add_argument("--seed", type=SEED, default=0, help="initialisation seed (default 0)")
     parser.add_argument("--layers", type=positive_int, default=2, help="transformer blocks (default 2)")
     parser.add_argument("--width", type=positive_int, default=32, help="hidden size (default 32)")
     parser.add_argument("--heads", type=positive_int, default=2, help="attention heads (default 2)")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.width % args.heads:
         parser.error(f"--width {args.width} must be a multiple of --heads {args.heads}")
     if args.out.exists():
         raise UserError(f"--out {args.out} already exists; choose a new folder")
-    path = write_tiny_model(args.out, args.arch, args.seed, n_layer=args.layers, n_embd=args.width, n_head=args.heads)
+    path = write_tiny_model(
+        args.out, args.arch, args.seed, n_layer=args.layers, n_embd=args.width, n_head=args.heads
+    )
     print(f"wrote {args.arch} tiny model to {path}")
     return 0
 

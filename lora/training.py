@@ -77,7 +77,9 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def adapt_model(config: FinetuneConfig, base_model, tokenizer, device: torch.device, log: Log) -> AdaptedModel:
+def adapt_model(
+    config: FinetuneConfig, base_model, tokenizer, device: torch.device, log: Log
+) -> AdaptedModel:
     """The base model (loaded, or a sweep's copy) with fresh LoRA layers on the requested modules."""
     from peft import get_peft_model
 
@@ -100,7 +102,9 @@ def adapt_model(config: FinetuneConfig, base_model, tokenizer, device: torch.dev
     return AdaptedModel(model, tokenizer, targets, len(selected), trainable, total)
 
 
-def encode_examples(config: FinetuneConfig, split: lora_data.DataSplit, adapted: AdaptedModel, log: Log) -> Examples:
+def encode_examples(
+    config: FinetuneConfig, split: lora_data.DataSplit, adapted: AdaptedModel, log: Log
+) -> Examples:
     max_length = config.max_length
     context = modeling.context_length(adapted.model)
     if context is not None and max_length > context:
@@ -112,7 +116,9 @@ def encode_examples(config: FinetuneConfig, split: lora_data.DataSplit, adapted:
     if not train:
         raise UserError(f"{source}: no training example fits in --max-length {max_length}; raise it")
     if train_dropped or eval_dropped:
-        log(f"notice: dropped {train_dropped} train / {eval_dropped} held-out rows whose prompt fills --max-length")
+        log(
+            f"notice: dropped {train_dropped} train / {eval_dropped} held-out rows whose prompt fills --max-length"
+        )
     log(f"data: {source}, format {fmt}: {len(train)} train, {len(held_out)} held-out examples")
     dropped = {"train": train_dropped, "eval": eval_dropped}
     return Examples(train, held_out, dropped, lora_data.pad_token_id(tokenizer), max_length)
@@ -148,7 +154,9 @@ class Progress:
 class Trainer:
     """AdamW, the loss scaler and the schedule for one run, and the loop that drives them."""
 
-    def __init__(self, config: FinetuneConfig, adapted: AdaptedModel, examples: Examples, device, precision: str):
+    def __init__(
+        self, config: FinetuneConfig, adapted: AdaptedModel, examples: Examples, device, precision: str
+    ):
         self.config, self.examples, self.device, self.precision = config, examples, device, precision
         self.model = adapted.model
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -186,7 +194,9 @@ class Trainer:
         log(f"resumed at step {self.progress.step} of {self.total_steps} from {folder.parent}")
 
     def save(self, folder: Path, identity: Dict[str, object]) -> None:
-        save_state(folder, self.model, self.optimizer, self.scaler, dict(self.progress.to_record(), **identity))
+        save_state(
+            folder, self.model, self.optimizer, self.scaler, dict(self.progress.to_record(), **identity)
+        )
 
     # -- the loop
 
@@ -218,7 +228,9 @@ class Trainer:
                 progress.history.append(record)
                 on_step(record)
                 every = config.checkpoint_every
-                if self.stop_requested or (every and progress.step % every == 0 and progress.step < self.total_steps):
+                if self.stop_requested or (
+                    every and progress.step % every == 0 and progress.step < self.total_steps
+                ):
                     checkpoint()
                 if self.stop_requested:
                     raise TrainingInterrupted(progress.step)
@@ -248,7 +260,9 @@ class Trainer:
         clip = self.config.clip if self.config.clip > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
         if self.scaler.is_enabled():
-            self.scaler.step(self.optimizer)  # the scaler itself skips the update when fp16 gradients overflowed
+            self.scaler.step(
+                self.optimizer
+            )  # the scaler itself skips the update when fp16 gradients overflowed
             self.scaler.update()  # ... and lowers the loss scale for the next step
         elif math.isfinite(grad_norm):
             self.optimizer.step()
@@ -269,7 +283,9 @@ class Trainer:
             if not bool(torch.isfinite(parameter).all()):
                 raise self.diverged(f"the weight {name} is no longer finite")
         if progress.nonfinite_streak >= MAX_NONFINITE_STREAK:
-            raise self.diverged(f"the training loss was not finite for {progress.nonfinite_streak} steps in a row")
+            raise self.diverged(
+                f"the training loss was not finite for {progress.nonfinite_streak} steps in a row"
+            )
 
     def diverged(self, what: str) -> TrainingDiverged:
         return TrainingDiverged(
@@ -280,7 +296,9 @@ class Trainer:
     def heldout_loss(self) -> float:
         if not self.examples.held_out:
             return float("nan")
-        return heldout_loss(self.model, self.examples.held_out, self.examples.pad_id, self.device, self.precision)
+        return heldout_loss(
+            self.model, self.examples.held_out, self.examples.pad_id, self.device, self.precision
+        )
 
 
 class StopOnSigterm:
@@ -305,19 +323,26 @@ class StopOnSigterm:
 # --------------------------------------------------------------------------------- 3. the loop, driven
 
 
-def run_loop(trainer: Trainer, folder: RunFolder, identity: Dict[str, object], log: Log, progress_bar: bool) -> None:
+def run_loop(
+    trainer: Trainer, folder: RunFolder, identity: Dict[str, object], log: Log, progress_bar: bool
+) -> None:
     """The training loop with its progress bar, tensorboard scalars and resume-state saves."""
     from torch.utils.tensorboard import SummaryWriter
     from tqdm.auto import tqdm
 
     resumed = folder.resume_step is not None
     writer = SummaryWriter(
-        log_dir=str(folder.tensorboard_dir(trainer.config)), purge_step=trainer.progress.step if resumed else None
+        log_dir=str(folder.tensorboard_dir(trainer.config)),
+        purge_step=trainer.progress.step if resumed else None,
     )
     if not resumed:
         writer.add_scalar("eval/loss", trainer.progress.loss_before, 0)
     bar = tqdm(
-        total=trainer.total_steps, initial=trainer.progress.step, desc="lora", disable=not progress_bar, dynamic_ncols=True
+        total=trainer.total_steps,
+        initial=trainer.progress.step,
+        desc="lora",
+        disable=not progress_bar,
+        dynamic_ncols=True,
     )
 
     def on_step(record: Dict[str, float]) -> None:
@@ -346,7 +371,9 @@ def run_loop(trainer: Trainer, folder: RunFolder, identity: Dict[str, object], l
 # -------------------------------------------------------------------------------------- 4. evaluation
 
 
-def evaluate_after(trainer: Trainer, adapted: AdaptedModel, folder: RunFolder, log: Log) -> Tuple[float, Dict]:
+def evaluate_after(
+    trainer: Trainer, adapted: AdaptedModel, folder: RunFolder, log: Log
+) -> Tuple[float, Dict]:
     """Held-out loss after training (refusing a diverged run) and the probe generations."""
     progress = trainer.progress
     loss_after = trainer.heldout_loss()
@@ -365,7 +392,11 @@ def evaluate_after(trainer: Trainer, adapted: AdaptedModel, folder: RunFolder, l
         prompts = load_eval_prompts()["training_probe"]
         names = list(prompts)
         texts = generate(
-            adapted.model, adapted.tokenizer, [prompts[n] for n in names], trainer.device, trainer.config.probe_tokens
+            adapted.model,
+            adapted.tokenizer,
+            [prompts[n] for n in names],
+            trainer.device,
+            trainer.config.probe_tokens,
         )
         for name, text in zip(names, texts):
             probes[name] = {"prompt": prompts[name], "generation": text}
@@ -403,7 +434,14 @@ def check_reload(model, folder: Path, examples, pad_id: int, device, adapter_nam
 
 
 def save_output(
-    folder: RunFolder, config: FinetuneConfig, model, summary: Dict[str, object], check_examples, pad_id, device, log: Log
+    folder: RunFolder,
+    config: FinetuneConfig,
+    model,
+    summary: Dict[str, object],
+    check_examples,
+    pad_id,
+    device,
+    log: Log,
 ) -> Dict[str, object]:
     """Writes OUT in one piece (adapter, tensorboard, run.json with status complete, marker) and removes
     OUT.partial; the adapter is reloaded from the new folder and compared before it becomes OUT."""
@@ -506,7 +544,9 @@ def finetune_model(
         "versions": _versions(),
     }
     check_examples = examples.held_out or examples.train
-    summary = save_output(folder, config, adapted.model, summary, check_examples, examples.pad_id, device, log)
+    summary = save_output(
+        folder, config, adapted.model, summary, check_examples, examples.pad_id, device, log
+    )
     return adapted.model, adapted.tokenizer, summary
 
 

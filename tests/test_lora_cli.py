@@ -42,7 +42,9 @@ def fakes(tmp_path_factory):
 
 
 def run_cli(module: str, args, cwd: Path):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", COLUMNS="200", PYTHONPATH=f"{REPO / 'python'}{os.pathsep}{REPO}")
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", COLUMNS="200", PYTHONPATH=f"{REPO / 'python'}{os.pathsep}{REPO}"
+    )
     started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", module, *[str(a) for a in args]],
@@ -110,7 +112,9 @@ CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("module, args, expected", [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+@pytest.mark.parametrize(
+    "module, args, expected", [case[1:] for case in CASES], ids=[case[0] for case in CASES]
+)
 def test_user_error_is_one_line(fakes, module, args, expected):
     (fakes["root"] / "bad.json").write_text('{"lr": "inf"}')
     (fakes["root"] / "notes.txt").write_text("text")

@@ -155,7 +155,9 @@ def test_existing_out_needs_overwrite(gpt2_run, tiny_gpt2):
 
 
 def test_presets_fill_unset_flags_only():
-    settings = lora_config.parse_config(["--model", "m", "--out", "o", "--preset", "report-alpaca", "--r", "2"])
+    settings = lora_config.parse_config(
+        ["--model", "m", "--out", "o", "--preset", "report-alpaca", "--r", "2"]
+    )
     assert settings.r == 2  # explicit flag wins
     assert (settings.alpha, settings.lr, settings.epochs) == (1.0, 3e-2, 2)
     assert (settings.batch_size, settings.grad_accum, settings.max_samples) == (1, 8, 1024)
