@@ -131,75 +131,18 @@ def evaluate(
     for dataset in loss_datasets:
         lora_data.check_data_spec(dataset)
 
-    from tqdm.auto import tqdm
-
-    from lora import modeling
-    from lora.adapters import load_adapter
-    from lora.inference import generate, heldout_loss
     from lora.precision import resolve_device, resolve_precision
 
     device = resolve_device(device_name)
     precision = resolve_precision(precision, device, log)
-    log(f"loading {model_name} ...")
-    base, tokenizer = modeling.load_model_and_tokenizer(model_name, tokenizer_name)
-    model = base
-    adapter_names = [f"adapter{i}" for i in range(len(adapters))]
-    for adapter, adapter_name in zip(adapters, adapter_names):
-        model = load_adapter(model, adapter, adapter_name=adapter_name)
-    model = model.to(device).eval()
-    context = modeling.context_length(base)
-    if context is not None:
-        max_length = min(max_length, context)
-
+    model, tokenizer, context = load_columns(model_name, tokenizer_name, adapters, device, log)
+    max_length = min(max_length, context) if context is not None else max_length
     prompts = evaluation_prompts(instruction_format)
-    encoded_sets = {}
-    for dataset in loss_datasets:
-        rows, source = lora_data.load_rows(dataset, log)
-        limit = heldout_rows_limit(dataset, rows, adapters, loss_samples, seed, log)
-        if limit < 1:
-            log(f"notice: no held-out {dataset} rows to score; its loss row is left out")
-            continue
-        _, held_out = lora_data.split_rows(rows, limit, None, seed)
-        examples, _ = lora_data.encode_rows(tokenizer, held_out, "auto", max_length, source)
-        encoded_sets[dataset] = examples
-    pad_id = lora_data.pad_token_id(tokenizer)
-
-    batches = sum(-(-len(examples) // 8) for examples in encoded_sets.values())
-    bar = tqdm(total=len(columns) * (len(prompts) + batches), desc="evaluate", disable=not progress)
-    generations: Dict[str, List[str]] = {}
-    losses: Dict[str, Dict[str, float]] = {}
-    for column, adapter_name in zip(columns, [None] + adapter_names):
-        bar.set_postfix_str(column)
-
-        def run_column():
-            texts = generate(
-                model,
-                tokenizer,
-                [p["text"] for p in prompts],
-                device,
-                max_new_tokens,
-                sample,
-                seed,
-                on_prompt=lambda: bar.update(1),
-            )
-            column_losses = {
-                dataset: heldout_loss(
-                    model, examples, pad_id, device, precision, on_batch=lambda: bar.update(1)
-                )
-                for dataset, examples in encoded_sets.items()
-            }
-            return texts, column_losses
-
-        if adapter_name is None and adapters:
-            with model.disable_adapter():
-                generations[column], column_losses = run_column()
-        else:
-            if adapter_name is not None:
-                model.set_adapter(adapter_name)
-            generations[column], column_losses = run_column()
-        for dataset, value in column_losses.items():
-            losses.setdefault(dataset, {})[column] = value
-    bar.close()
+    loss_sets = heldout_examples(loss_datasets, tokenizer, adapters, loss_samples, seed, max_length, log)
+    scorer = ColumnScorer(
+        model, tokenizer, prompts, loss_sets, device, precision, max_new_tokens, sample, seed
+    )
+    generations, losses = scorer.score(columns, with_adapters=bool(adapters), progress=progress)
     return {
         "model": model_name,
         "adapters": [str(a) for a in adapters],
@@ -207,7 +150,7 @@ def evaluate(
         "prompts": prompts,
         "generations": generations,
         "heldout_loss": losses,
-        "loss_samples": {dataset: len(examples) for dataset, examples in encoded_sets.items()},
+        "loss_samples": {dataset: len(examples) for dataset, examples in loss_sets.items()},
         "settings": {
             "max_new_tokens": max_new_tokens,
             "sample": sample,
@@ -216,6 +159,94 @@ def evaluate(
             "max_length": max_length,
         },
     }
+
+
+def load_columns(model_name: str, tokenizer_name: Optional[str], adapters: Sequence[Path], device, log):
+    """(the base model with every adapter loaded as adapter0, adapter1, ..., the tokenizer, the context)."""
+    from lora import modeling
+    from lora.adapters import load_adapter
+
+    log(f"loading {model_name} ...")
+    base, tokenizer = modeling.load_model_and_tokenizer(model_name, tokenizer_name)
+    context = modeling.context_length(base)
+    model = base
+    for index, adapter in enumerate(adapters):
+        model = load_adapter(model, adapter, adapter_name=f"adapter{index}")
+    return model.to(device).eval(), tokenizer, context
+
+
+def heldout_examples(datasets, tokenizer, adapters, requested: int, seed: int, max_length: int, log):
+    """Per data set, the encoded held-out rows that no adapter trained on (see heldout_rows_limit)."""
+    loss_sets = {}
+    for dataset in datasets:
+        rows, source = lora_data.load_rows(dataset, log)
+        limit = heldout_rows_limit(dataset, rows, adapters, requested, seed, log)
+        if limit < 1:
+            log(f"notice: no held-out {dataset} rows to score; its loss row is left out")
+            continue
+        _, held_out = lora_data.split_rows(rows, limit, None, seed)
+        loss_sets[dataset], _ = lora_data.encode_rows(tokenizer, held_out, "auto", max_length, source)
+    return loss_sets
+
+
+class ColumnScorer:
+    """Runs the prompts and the loss sets through each column: the base model, then each adapter."""
+
+    LOSS_BATCH = 8
+
+    def __init__(self, model, tokenizer, prompts, loss_sets, device, precision, max_new_tokens, sample, seed):
+        self.model, self.tokenizer, self.prompts, self.loss_sets = model, tokenizer, prompts, loss_sets
+        self.device, self.precision = device, precision
+        self.max_new_tokens, self.sample, self.seed = max_new_tokens, sample, seed
+        self.pad_id = lora_data.pad_token_id(tokenizer)
+
+    def score(self, columns: Sequence[str], with_adapters: bool, progress: bool):
+        from tqdm.auto import tqdm
+
+        batches = sum(-(-len(examples) // self.LOSS_BATCH) for examples in self.loss_sets.values())
+        total = len(columns) * (len(self.prompts) + batches)
+        generations: Dict[str, List[str]] = {}
+        losses: Dict[str, Dict[str, float]] = {}
+        with tqdm(total=total, desc="evaluate", disable=not progress) as bar:
+            for index, column in enumerate(columns):
+                bar.set_postfix_str(column)
+                if index == 0 and with_adapters:
+                    with self.model.disable_adapter():
+                        generations[column], column_losses = self.one_column(bar)
+                else:
+                    if index > 0:
+                        self.model.set_adapter(f"adapter{index - 1}")
+                    generations[column], column_losses = self.one_column(bar)
+                for dataset, value in column_losses.items():
+                    losses.setdefault(dataset, {})[column] = value
+        return generations, losses
+
+    def one_column(self, bar):
+        from lora.inference import generate, heldout_loss
+
+        texts = generate(
+            self.model,
+            self.tokenizer,
+            [p["text"] for p in self.prompts],
+            self.device,
+            self.max_new_tokens,
+            self.sample,
+            self.seed,
+            on_prompt=lambda: bar.update(1),
+        )
+        column_losses = {
+            dataset: heldout_loss(
+                self.model,
+                examples,
+                self.pad_id,
+                self.device,
+                self.precision,
+                batch_size=self.LOSS_BATCH,
+                on_batch=lambda: bar.update(1),
+            )
+            for dataset, examples in self.loss_sets.items()
+        }
+        return texts, column_losses
 
 
 def plan_columns(model_name, adapters: Sequence[Path], names, tokenizer_name, log):

@@ -462,6 +462,42 @@ def save_output(
     return summary
 
 
+def run_summary(config, split, adapted, examples, trainer, folder, loss_after, probes, started) -> Dict:
+    """run.json's data, but for the reload check and status that saving adds."""
+    progress = trainer.progress
+    history = progress.history
+    last_epoch = [record["loss"] for record in history[-max(1, trainer.windows_per_epoch) :]]
+    return {
+        "settings": config.to_dict(),
+        "model_source": resolve_model_source(config.model).describe(),
+        "data_source": split.source,
+        "data_fingerprint": split.fingerprint,
+        "data_format": split.data_format,
+        "max_length_used": examples.max_length,
+        "precision_used": trainer.precision,
+        "device": str(trainer.device),
+        "target_modules": adapted.target_modules,
+        "adapted_layers": adapted.adapted_layers,
+        "trainable_params": adapted.trainable,
+        "total_params": adapted.total,
+        "train_samples": len(examples.train),
+        "eval_samples": len(examples.held_out),
+        "dropped_rows": examples.dropped,
+        "steps": progress.step,
+        "resumed_from_step": folder.resume_step,
+        "skipped_steps_nonfinite_grad": progress.skipped_steps,
+        "final_train_loss": history[-1]["loss"] if history else float("nan"),
+        "last_epoch_mean_train_loss": sum(last_epoch) / len(last_epoch) if history else float("nan"),
+        "heldout_loss_before": progress.loss_before,
+        "heldout_loss_after": loss_after,
+        "train_seconds": round(progress.train_seconds, 3),
+        "total_seconds": round(time.time() - started, 3),
+        "probes": probes,
+        "history": history,
+        "versions": _versions(),
+    }
+
+
 def _versions() -> Dict[str, str]:
     import peft
     import transformers
@@ -490,8 +526,8 @@ def finetune_model(
 
     base_model / tokenizer may be passed in (a sweep loads them once); the base is deep-copied, never
     modified. `folder` (prepare_run_folder) and `split` (lora.data.split_data) may come from a caller
-    that checked the command line before importing torch. Raises TrainingInterrupted after a SIGTERM (the state is saved for --resume) and
-    TrainingDiverged when the weights or losses stop being finite.
+    that checked the command line before importing torch. Raises TrainingInterrupted after a SIGTERM
+    (the state is saved for --resume) and TrainingDiverged when the weights or losses stop being finite.
     """
     started = time.time()
     folder = folder or prepare_run_folder(config, log)
@@ -512,37 +548,7 @@ def finetune_model(
     run_loop(trainer, folder, identity, log, progress)
     loss_after, probes = evaluate_after(trainer, adapted, folder, log)
 
-    history = trainer.progress.history
-    last_epoch = [record["loss"] for record in history[-max(1, trainer.windows_per_epoch) :]]
-    summary = {
-        "settings": config.to_dict(),
-        "model_source": resolve_model_source(config.model).describe(),
-        "data_source": split.source,
-        "data_fingerprint": split.fingerprint,
-        "data_format": split.data_format,
-        "max_length_used": examples.max_length,
-        "precision_used": precision,
-        "device": str(device),
-        "target_modules": adapted.target_modules,
-        "adapted_layers": adapted.adapted_layers,
-        "trainable_params": adapted.trainable,
-        "total_params": adapted.total,
-        "train_samples": len(examples.train),
-        "eval_samples": len(examples.held_out),
-        "dropped_rows": examples.dropped,
-        "steps": trainer.progress.step,
-        "resumed_from_step": folder.resume_step,
-        "skipped_steps_nonfinite_grad": trainer.progress.skipped_steps,
-        "final_train_loss": history[-1]["loss"] if history else float("nan"),
-        "last_epoch_mean_train_loss": sum(last_epoch) / len(last_epoch) if history else float("nan"),
-        "heldout_loss_before": trainer.progress.loss_before,
-        "heldout_loss_after": loss_after,
-        "train_seconds": round(trainer.progress.train_seconds, 3),
-        "total_seconds": round(time.time() - started, 3),
-        "probes": probes,
-        "history": history,
-        "versions": _versions(),
-    }
+    summary = run_summary(config, split, adapted, examples, trainer, folder, loss_after, probes, started)
     check_examples = examples.held_out or examples.train
     summary = save_output(
         folder, config, adapted.model, summary, check_examples, examples.pad_id, device, log
