@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 from bpe_fast.cliutil import UserError
 from bpe_fast.files import OverwriteRefused, check_overwrite, marker_tool, recover_dir, write_marker
-from lora.config import TOOL, FinetuneConfig, flag
+from lora.config import TOOL, FinetuneConfig, computed_settings, flag
 from lora.data import check_data_spec
 from lora.sources import local_path
 
@@ -55,13 +55,26 @@ class RunFolder:
         shutil.rmtree(self.work, ignore_errors=True)
 
 
-def saved_step(work: Path) -> Optional[int]:
-    """The step of the resume state in `work`, or None when it holds none (or an unreadable one)."""
+def saved_state(work: Path) -> Optional[dict]:
+    """The resume record in `work` (step, settings, ...), or None when it holds none (or an unreadable one)."""
     recover_dir(work / RESUME_DIR)  # a state replacement cut short by a crash: keep the complete copy
     try:
-        return int(json.loads((work / RESUME_DIR / STATE_FILE).read_text(encoding="utf-8"))["step"])
-    except (OSError, ValueError, KeyError, TypeError):
+        record = json.loads((work / RESUME_DIR / STATE_FILE).read_text(encoding="utf-8"))
+        int(record["step"])
+        return record if isinstance(record.get("settings"), dict) else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def check_same_settings(work: Path, recorded: dict, config: FinetuneConfig) -> None:
+    """A run resumes only with the settings it was started with (the schedule and data depend on them)."""
+    wanted = computed_settings(config.to_dict())
+    differing = sorted(key for key in set(recorded) | set(wanted) if recorded.get(key) != wanted.get(key))
+    if differing:
+        raise UserError(
+            f"{work} was started with different settings ({', '.join(differing)}): use the same flags to "
+            f"--resume, or {flag('overwrite')} to start again"
+        )
 
 
 def inputs_of(config: FinetuneConfig):
@@ -89,8 +102,10 @@ def prepare_run_folder(config: FinetuneConfig, log: Callable[[str], None] = prin
         raise OverwriteRefused(
             f"{work} exists and was not made by {TOOL}, which keeps unfinished runs there: move it away"
         )
-    step = saved_step(work)
+    state = saved_state(work)
+    step = None if state is None else int(state["step"])
     if step is not None and config.resume:
+        check_same_settings(work, state["settings"], config)
         return RunFolder(out, work, step)
     if step is not None and not config.overwrite:
         raise UserError(

@@ -178,17 +178,12 @@ class Trainer:
         log(f"held-out loss before: {self.progress.loss_before:.4f}")
 
     def resume(self, folder: Path, expected: Dict[str, object], log: Log) -> None:
+        """Continues from the state in `folder` (its settings were checked by prepare_run_folder)."""
         record = load_state(folder, self.model, self.optimizer, self.scaler)
-        differing = sorted(
-            key
-            for key in set(record["settings"]) | set(expected["settings"])
-            if record["settings"].get(key) != expected["settings"].get(key)
-        )
-        if differing or record["data_fingerprint"] != expected["data_fingerprint"]:
-            what = ", ".join(differing) if differing else "the data rows"
+        if record["data_fingerprint"] != expected["data_fingerprint"]:
             raise UserError(
-                f"{folder.parent} was started with different settings ({what}): use the same flags to "
-                "--resume, or --overwrite to start again"
+                f"{folder.parent} was started on other data rows than --data {self.config.data} holds now: "
+                "--overwrite to start again"
             )
         self.progress = Progress(**{key: record[key] for key in vars(Progress())})
         log(f"resumed at step {self.progress.step} of {self.total_steps} from {folder.parent}")
