@@ -105,16 +105,23 @@ def _first_line(error: BaseException) -> str:
 
 
 def load_model(source: ModelSource):
-    """The base causal LM in fp32 (training keeps fp32 master weights; autocast handles fp16/bf16)."""
+    """The base causal LM in fp32 (training keeps fp32 master weights; autocast handles fp16/bf16).
+
+    Weights come from safetensors (or the GGUF file): a folder holding only pickle weights
+    (pytorch_model.bin) is refused rather than unpickled."""
     from transformers import AutoModelForCausalLM
 
+    kwargs = source.from_pretrained_kwargs()
+    if not source.gguf_file:
+        kwargs["use_safetensors"] = True
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            source.name_or_path, dtype=torch.float32, **source.from_pretrained_kwargs()
-        )
+        model = AutoModelForCausalLM.from_pretrained(source.name_or_path, dtype=torch.float32, **kwargs)
     except OSError as error:  # transformers' "not found" and "cannot connect" are both OSErrors
+        hint = ""
+        if Path(source.name_or_path, "pytorch_model.bin").is_file():
+            hint = "; its pytorch_model.bin is a pickle file, which is never loaded: save it as safetensors"
         raise UserError(
-            f"--model {source.describe()}: the model could not be loaded ({_first_line(error)})"
+            f"--model {source.describe()}: the model could not be loaded ({_first_line(error)}){hint}"
         ) from None
     if source.gguf_file:
         _drop_dequantized_gguf_quantizer(model)

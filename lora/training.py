@@ -195,7 +195,7 @@ class Trainer:
 
     # -- the loop
 
-    def epoch_windows(self, epoch: int, shuffler: random.Random) -> List[List[Dict[str, torch.Tensor]]]:
+    def epoch_windows(self, shuffler: random.Random) -> List[List[Dict[str, torch.Tensor]]]:
         order = list(range(len(self.examples.train)))
         shuffler.shuffle(order)
         shuffled = [self.examples.train[i] for i in order]
@@ -211,7 +211,7 @@ class Trainer:
             shuffler.shuffle(list(range(len(self.examples.train))))
         self.model.train()
         while progress.epoch < config.epochs and progress.step < self.total_steps:
-            windows = self.epoch_windows(progress.epoch, shuffler)
+            windows = self.epoch_windows(shuffler)
             while progress.next_window < len(windows) and progress.step < self.total_steps:
                 window = windows[progress.next_window]
                 progress.next_window += 1

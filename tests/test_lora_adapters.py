@@ -3,7 +3,9 @@ an error naming it (lora.merge and lora.evaluate exit 2, never 0), and a pickle 
 
 from __future__ import annotations
 
+import pickle
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +133,31 @@ def test_merge_overwrites_only_its_own_output(base_and_adapter, tmp_path):
 
         prepare_run_folder(lora_config.FinetuneConfig(model=str(base), out=str(out), overwrite=True))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]  # no temp left beside it
+
+
+class _Payload:
+    """Unpickling this creates a file: proof that a pickle was executed."""
+
+    def __init__(self, flag):
+        self.flag = flag
+
+    def __reduce__(self):
+        return (Path.touch, (self.flag,))
+
+
+def test_pickle_weights_are_never_unpickled(tmp_path):
+    flag = tmp_path / "payload-ran"
+    base = tmp_path / "base"
+    tiny_model("gpt2").config.save_pretrained(base)
+    torch.save({"weights": _Payload(flag)}, base / "pytorch_model.bin")
+    with pytest.raises(UserError, match="pytorch_model.bin is a pickle file, which is never loaded"):
+        modeling.load_model(modeling.resolve_model_source(str(base)))
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    torch.save({"weights": _Payload(flag)}, adapter / "adapter_model.bin")
+    with pytest.raises(UserError, match="adapter_model.bin is a pickle file"):
+        merge.merge_adapter(adapter, tmp_path / "merged", model=str(base), **QUIET)
+    assert not flag.exists()
+    pickle.loads(pickle.dumps(_Payload(flag)))  # the payload is live: unpickling it does run it
+    assert flag.exists()
