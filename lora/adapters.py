@@ -128,7 +128,9 @@ def load_adapter(model, adapter_dir: Path, adapter_name: str = "default"):
         saved = load_file(str(adapter_dir / WEIGHTS_FILE))
     except (SafetensorError, OSError) as error:
         raise UserError(f"{adapter_dir / WEIGHTS_FILE}: not a readable safetensors file ({error})") from None
-    expected = get_peft_model_state_dict(model, adapter_name=adapter_name)
+    # save_embedding_layers=False: LoRA here never adapts embeddings, and "auto" would look for the
+    # base config.json (on the hub when the base is not a local folder).
+    expected = get_peft_model_state_dict(model, adapter_name=adapter_name, save_embedding_layers=False)
     check_adapter_tensors(expected, saved, adapter_dir / WEIGHTS_FILE)
     set_peft_model_state_dict(model, saved, adapter_name=adapter_name)
     return model.eval()  # as peft's own loader: the new layers' dropout modules start in training mode

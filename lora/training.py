@@ -441,7 +441,9 @@ def save_output(
     """Writes OUT in one piece (adapter, tensorboard, run.json with status complete, marker) and removes
     OUT.partial; the adapter is reloaded from the new folder and compared before it becomes OUT."""
     with atomic_dir(folder.out) as temp:
-        model.save_pretrained(str(temp))
+        # LoRA never adapts the embeddings here (modeling.adaptable_modules); peft's "auto" would look
+        # for the base's config.json, on the hub if the base is not a local folder.
+        model.save_pretrained(str(temp), save_embedding_layers=False)
         reload_check = check_reload(model, temp, check_examples, pad_id, device)
         log(
             f"adapter reloaded: logits identical = {reload_check['identical']} "
