@@ -9,6 +9,8 @@ This module imports no torch at import time (the command lines check their input
 from __future__ import annotations
 
 import json
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple
 
@@ -16,6 +18,18 @@ from bpe_fast.cliutil import UserError
 
 WEIGHTS_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
+
+
+@contextmanager
+def known_peft_warnings_silenced():
+    """peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` whenever it wraps a model:
+    the FutureWarning is between those two libraries, says nothing to a user, and would fail a test
+    run with warnings as errors. Only that warning is ignored, only while peft wraps the model."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield
 
 
 def read_run_summary(adapter_dir: Path) -> Optional[Dict[str, object]]:
@@ -118,10 +132,11 @@ def load_adapter(model, adapter_dir: Path, adapter_name: str = "default"):
         raise UserError(f"{adapter_dir / CONFIG_FILE}: not a usable peft config ({error})") from None
     config.inference_mode = True
     try:
-        if isinstance(model, PeftModel):
-            model.add_adapter(adapter_name, config)
-        else:
-            model = get_peft_model(model, config, adapter_name=adapter_name)
+        with known_peft_warnings_silenced():
+            if isinstance(model, PeftModel):
+                model.add_adapter(adapter_name, config)
+            else:
+                model = get_peft_model(model, config, adapter_name=adapter_name)
     except ValueError as error:  # e.g. target modules that this base model does not have
         raise UserError(f"{adapter_dir}: the adapter does not fit this base model ({error})") from None
     try:

@@ -33,7 +33,7 @@ from bpe_fast.cliutil import UserError
 from bpe_fast.files import atomic_dir, atomic_write_json, write_marker
 from lora import data as lora_data
 from lora import modeling
-from lora.adapters import load_adapter
+from lora.adapters import known_peft_warnings_silenced, load_adapter
 from lora.config import TOOL, FinetuneConfig, computed_settings
 from lora.inference import generate, heldout_loss, labelled_tokens, loss_sum_and_count
 from lora.precision import autocast, grad_scaler, resolve_device, resolve_precision
@@ -93,7 +93,8 @@ def adapt_model(
     )
     expected = modeling.expected_lora_parameters(model, selected, config.r)
     _seed_everything(config.seed)  # LoRA's A init draws from the global generator
-    model = get_peft_model(model, lora_config).to(device)
+    with known_peft_warnings_silenced():
+        model = get_peft_model(model, lora_config).to(device)
     trainable, total = modeling.count_parameters(model)
     if trainable != expected:
         raise RuntimeError(f"peft made {trainable} parameters trainable, expected r*(in+out) = {expected}")
