@@ -18,7 +18,10 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from bpe_fast.cliutil import UserError, run_main  # noqa: E402
 from bpe_fast.files import OverwriteRefused  # noqa: E402
 from lora import evaluate, merge, modeling  # noqa: E402
-from lora.adapters import load_adapter  # noqa: E402
+from lora.adapters import (
+    known_peft_warnings_silenced,  # noqa: E402
+    load_adapter,  # noqa: E402
+)
 from lora.tiny_model import tiny_model, write_tiny_model  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -32,7 +35,8 @@ def base_and_adapter(tmp_path_factory):
     base = write_tiny_model(root / "base", "gpt2")
     model = tiny_model("gpt2")
     config, _ = modeling.lora_config(model, ["attention"], r=2, alpha=4.0, dropout=0.0)
-    peft_model = get_peft_model(model, config)
+    with known_peft_warnings_silenced():
+        peft_model = get_peft_model(model, config)
     with torch.no_grad():
         for name, parameter in peft_model.named_parameters():
             if "lora_B" in name:

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from bpe_fast.cliutil import UserError  # noqa: E402
 from lora import data as lora_data  # noqa: E402
 from lora import evaluate  # noqa: E402
+from lora.adapters import known_peft_warnings_silenced  # noqa: E402
 from lora.inference import heldout_loss  # noqa: E402
 from lora.tiny_model import write_tiny_model  # noqa: E402
 
@@ -31,7 +32,8 @@ def adapter(tiny_gpt2, tmp_path_factory):
         r=4, lora_alpha=64, target_modules=["attn.c_attn"], fan_in_fan_out=True, init_lora_weights=False
     )
     out = tmp_path_factory.mktemp("adapters") / "noisy"
-    get_peft_model(model, config).save_pretrained(str(out))
+    with known_peft_warnings_silenced():
+        get_peft_model(model, config).save_pretrained(str(out))
     return out
 
 

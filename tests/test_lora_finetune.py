@@ -16,6 +16,7 @@ from bpe_fast.cliutil import UserError  # noqa: E402
 from bpe_fast.files import OverwriteRefused  # noqa: E402
 from lora import config as lora_config  # noqa: E402
 from lora import finetune, training  # noqa: E402
+from lora.adapters import known_peft_warnings_silenced  # noqa: E402
 from lora.merge import merge_adapter  # noqa: E402
 from lora.tiny_model import write_tiny_model  # noqa: E402
 
@@ -73,7 +74,8 @@ def test_adapter_reloads_with_identical_logits(gpt2_run, tiny_gpt2):
     out, model, tokenizer, _ = gpt2_run
     ids = tokenizer("I love this movie because it is", return_tensors="pt")["input_ids"]
     model.eval()
-    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_gpt2), str(out)).eval()
+    with known_peft_warnings_silenced():  # peft's own loader, as a user would call it
+        reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_gpt2), str(out)).eval()
     with torch.no_grad():
         trained_logits = model(input_ids=ids).logits
         reloaded_logits = reloaded(input_ids=ids).logits

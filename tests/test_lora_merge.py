@@ -14,6 +14,7 @@ from peft import get_peft_model  # noqa: E402
 from peft.tuners.lora import LoraLayer  # noqa: E402
 
 from lora import merge, merge_check, modeling  # noqa: E402
+from lora.adapters import known_peft_warnings_silenced  # noqa: E402
 from lora.tiny_model import tiny_model  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -23,7 +24,8 @@ def trained_looking(arch, targets=("attention", "mlp")):
     """A tiny model with LoRA layers whose B is non-zero (a fresh adapter's B is zero: nothing to merge)."""
     model = tiny_model(arch, n_layer=2, n_embd=32, n_head=2)
     config, _ = modeling.lora_config(model, list(targets), r=4, alpha=8.0, dropout=0.0)
-    peft_model = get_peft_model(model, config).eval()
+    with known_peft_warnings_silenced():
+        peft_model = get_peft_model(model, config).eval()
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, parameter in peft_model.named_parameters():
