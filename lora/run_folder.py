@@ -86,16 +86,19 @@ def inputs_of(config: FinetuneConfig):
     return [path for path in paths if path is not None]
 
 
-def prepare_run_folder(config: FinetuneConfig, log: Callable[[str], None] = print) -> RunFolder:
+def prepare_run_folder(
+    config: FinetuneConfig, log: Callable[[str], None] = print, say_fresh_start: bool = True
+) -> RunFolder:
     """The run's folders after the checks in the module notes; nothing is created or removed unless
-    the run may go ahead."""
+    the run may go ahead. `say_fresh_start`: tell a --resume that finds nothing to resume (a sweep,
+    which always resumes what it can, does not)."""
     if config.out is None:
         raise UserError("--out is required")
     out = Path(config.out).expanduser()
     work = out.with_name(out.name + PARTIAL_SUFFIX)
     check_overwrite(out, TOOL, config.overwrite, inputs_of(config))
     if not work.exists():
-        if config.resume:
+        if config.resume and say_fresh_start:
             log(f"notice: --resume: {work} does not exist, so the run starts from the beginning")
         return RunFolder(out, work, None)
     if not work.is_dir() or (any(work.iterdir()) and marker_tool(work) != TOOL):
@@ -112,7 +115,7 @@ def prepare_run_folder(config: FinetuneConfig, log: Callable[[str], None] = prin
             f"{work} holds an interrupted run saved at step {step}: pass --resume to continue it, or "
             f"{flag('overwrite')} to start again"
         )
-    if config.resume:
+    if config.resume and say_fresh_start:
         log(f"notice: --resume: {work} holds no saved state, so the run starts from the beginning")
     shutil.rmtree(work)
     return RunFolder(out, work, None)

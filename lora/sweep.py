@@ -35,7 +35,7 @@ from bpe_fast.files import OverwriteRefused, atomic_path, atomic_write_text, mar
 from lora import config as lora_config
 from lora.adapters import read_run_summary
 from lora.config import FIELDS, FinetuneConfig
-from lora.run_folder import TrainingInterrupted
+from lora.run_folder import TrainingInterrupted, prepare_run_folder
 from lora.sources import resolve_model_source, resolve_tokenizer_source
 
 PROG = "python -m lora.sweep"
@@ -192,8 +192,12 @@ def run_sweep(args: argparse.Namespace, log=print, progress: bool = True) -> Lis
                 # Check every target setting before spending time on the first run.
                 for value in grid["target_modules"]:
                     modeling.resolve_target_modules(model, [value])
-            log(f"[{index}/{len(combos)}] {name}: training")
-            summary = training.run_finetune(run_config, model, tokenizer, log=log, progress=progress)
+            folder = prepare_run_folder(run_config, log, say_fresh_start=False)
+            resuming = f" (resuming at step {folder.resume_step})" if folder.resume_step is not None else ""
+            log(f"[{index}/{len(combos)}] {name}: training{resuming}")
+            summary = training.finetune_model(
+                run_config, model, tokenizer, log=log, progress=progress, folder=folder
+            )[2]
         rows.append({"name": name, "r": r, "alpha": alpha, "target_modules": targets, "summary": summary})
     write_results(out, rows, grid)
     return rows

@@ -132,3 +132,33 @@ def test_bad_target_in_grid_fails_before_any_run(tiny_gpt2, tmp_path):
             progress=False,
         )
     assert not list((tmp_path / "runs").iterdir())
+
+
+def test_an_interrupted_sweep_resumes_its_run(tiny_gpt2, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from lora import training
+    from lora.run_folder import TrainingInterrupted
+
+    real = training.loss_sum_and_count
+    calls = {"n": 0}
+
+    def sigterm_on_first_step(model, batch):
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return real(model, batch)
+
+    monkeypatch.setattr(training, "loss_sum_and_count", sigterm_on_first_step)
+    with pytest.raises(TrainingInterrupted):
+        sweep.run_sweep(sweep_args(tiny_gpt2, tmp_path, "--r", "2"), log=lambda _: None, progress=False)
+    monkeypatch.undo()
+    assert (tmp_path / "runs" / "r2-alpha16-attention.partial" / "resume" / "state.json").is_file()
+    messages = []
+    rows = sweep.run_sweep(sweep_args(tiny_gpt2, tmp_path, "--r", "2"), log=messages.append, progress=False)
+    assert "[1/1] r2-alpha16-attention: training (resuming at step 1)" in messages
+    assert rows[0]["summary"]["resumed_from_step"] == 1 and rows[0]["summary"]["steps"] == 2
+    assert not any("notice: --resume" in m for m in messages)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["r2-alpha16-attention"]
