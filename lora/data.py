@@ -10,17 +10,22 @@ Padding is always labelled -100 and masked out of attention.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
-import os
 import random
-import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple
 
-import torch
+from bpe_fast.cliutil import UserError
+from lora.config import DATA_FORMATS
+from lora.resources import BUNDLED_DATASETS, bundled_file
+from lora.sources import hub_reachable
 
-from lora.resources import BUNDLED_DATASETS, finetune_data_file
+if TYPE_CHECKING:
+    import torch
+
+    from lora.config import FinetuneConfig
 
 IGNORE_INDEX = -100
 
@@ -42,8 +47,6 @@ HUB_DATASETS: Dict[str, Tuple[str, str]] = {
     "imdb": ("imdb", "imdb-sample"),
 }
 
-DATA_FORMATS = ("auto", "alpaca", "text")
-
 
 def alpaca_prompt(instruction: str, input_text: str = "") -> str:
     """The Alpaca prompt for one example (the part the model is not trained to produce)."""
@@ -64,9 +67,9 @@ def _read_jsonl(path: Path) -> List[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
+                raise UserError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}")
+                raise UserError(f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}")
             rows.append(row)
     return rows
 
@@ -75,7 +78,7 @@ def _read_json(path: Path) -> List[dict]:
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+        raise UserError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
     # Accept a bare list, or the common {"data": [...]} / {"train": [...]} wrappers.
     if isinstance(document, dict):
         for key in ("data", "train", "rows"):
@@ -83,7 +86,7 @@ def _read_json(path: Path) -> List[dict]:
                 document = document[key]
                 break
     if not isinstance(document, list) or not all(isinstance(row, dict) for row in document):
-        raise ValueError(f"{path}: expected a list of objects (or {{'data': [...]}})")
+        raise UserError(f"{path}: expected a list of objects (or {{'data': [...]}})")
     return document
 
 
@@ -95,7 +98,12 @@ def _read_csv(path: Path) -> List[dict]:
 def _read_parquet(path: Path) -> List[dict]:
     import pyarrow.parquet as parquet
 
-    return parquet.read_table(path).to_pylist()
+    try:
+        return parquet.read_table(path).to_pylist()
+    except (ValueError, OSError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        raise UserError(
+            f"{path}: not a readable parquet file ({str(error).strip().splitlines()[0]})"
+        ) from None
 
 
 LOCAL_READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
@@ -105,24 +113,20 @@ def read_local_rows(path: Path) -> List[dict]:
     """Rows of a local .jsonl / .json / .csv / .parquet file."""
     reader = LOCAL_READERS.get(path.suffix.lower())
     if reader is None:
-        raise ValueError(
+        raise UserError(
             f"{path}: unsupported data file type {path.suffix!r}; use one of {sorted(LOCAL_READERS)}"
         )
-    rows = reader(path)
-    if not rows:
-        raise ValueError(f"{path}: no rows")
-    return rows
-
-
-def _hub_reachable(timeout_s: float = 3.0) -> bool:
-    """Cheap check before datasets.load_dataset, which can take minutes to give up when offline."""
-    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
-        return False
     try:
-        with socket.create_connection(("huggingface.co", 443), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
+        rows = reader(path)
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except csv.Error as error:
+        raise UserError(f"{path}: not a readable CSV file ({error})") from None
+    except OSError as error:
+        raise UserError(f"{path}: cannot be read ({error.strerror or error})") from None
+    if not rows:
+        raise UserError(f"{path}: no rows")
+    return rows
 
 
 def _load_hub_rows(hub_id: str) -> List[dict]:
@@ -138,11 +142,11 @@ def load_rows(data: str, log=print) -> Tuple[List[dict], str]:
     notice; `alpaca-sample` / `imdb-sample` always use the bundled files; anything else is a local path.
     """
     if data in BUNDLED_DATASETS:
-        path = finetune_data_file(BUNDLED_DATASETS[data])
+        path = bundled_file(BUNDLED_DATASETS[data])
         return read_local_rows(path), f"{data} (bundled {path.name})"
     if data in HUB_DATASETS:
         hub_id, fallback = HUB_DATASETS[data]
-        if _hub_reachable():
+        if hub_reachable():
             try:
                 return _load_hub_rows(hub_id), f"{data} (hub {hub_id})"
             except Exception as error:  # any hub/datasets failure: fall back, but say why
@@ -150,13 +154,35 @@ def load_rows(data: str, log=print) -> Tuple[List[dict], str]:
         log(
             f"notice: the hub data set {hub_id} is not available offline; using the bundled sample {fallback!r}"
         )
-        path = finetune_data_file(BUNDLED_DATASETS[fallback])
+        path = bundled_file(BUNDLED_DATASETS[fallback])
         return read_local_rows(path), f"{fallback} (bundled {path.name}, offline stand-in for {hub_id})"
-    path = Path(data)
-    if not path.exists():
-        names = sorted(HUB_DATASETS) + sorted(BUNDLED_DATASETS)
-        raise FileNotFoundError(f"--data {data!r}: not one of {names} and no such file")
-    return read_local_rows(path), str(path)
+    return read_local_rows(check_data_spec(data)), data
+
+
+def check_data_spec(data: str) -> Optional[Path]:
+    """The local file --data names (None for a bundled or hub data set); a one-line error when it is
+    neither a known name nor an existing file of a supported type. Cheap: reads nothing."""
+    if data in BUNDLED_DATASETS or data in HUB_DATASETS:
+        return None
+    path = Path(data).expanduser()
+    if not path.is_file():
+        names = ", ".join(sorted(HUB_DATASETS) + sorted(BUNDLED_DATASETS))
+        what = "a folder, not a file" if path.is_dir() else "no such file"
+        raise UserError(f"--data {data}: {what}, and not one of the data set names ({names})")
+    if path.suffix.lower() not in LOCAL_READERS:
+        raise UserError(
+            f"--data {data}: unsupported file type {path.suffix!r}; use one of {sorted(LOCAL_READERS)}"
+        )
+    return path
+
+
+def rows_fingerprint(rows: Sequence[dict]) -> str:
+    """sha256 of the rows as JSON: two runs split the same rows alike exactly when this matches."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()
 
 
 def detect_format(rows: Sequence[dict], where: str = "data") -> str:
@@ -166,7 +192,7 @@ def detect_format(rows: Sequence[dict], where: str = "data") -> str:
         return "alpaca"
     if "text" in first:
         return "text"
-    raise ValueError(
+    raise UserError(
         f"{where}: cannot tell the format from the fields {sorted(first)}; expected instruction/input/output "
         "(Alpaca) or text (plain continuation)"
     )
@@ -176,10 +202,10 @@ def _field(row: dict, name: str, index: int, where: str, required: bool = True) 
     value = row.get(name)
     if value is None:
         if required:
-            raise ValueError(f"{where}: row {index} has no {name!r} field")
+            raise UserError(f"{where}: row {index} has no {name!r} field")
         return ""
     if not isinstance(value, str):
-        raise ValueError(f"{where}: row {index} field {name!r} is {type(value).__name__}, expected a string")
+        raise UserError(f"{where}: row {index} field {name!r} is {type(value).__name__}, expected a string")
     return value
 
 
@@ -199,7 +225,7 @@ def pad_token_id(tokenizer) -> int:
     if tokenizer.pad_token_id is not None:
         return tokenizer.pad_token_id
     if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has neither a pad nor an EOS token")
+        raise UserError("the tokenizer has neither a pad nor an EOS token")
     return tokenizer.eos_token_id
 
 
@@ -216,7 +242,7 @@ def encode_alpaca(
     )
     response = _field(row, "output", index, where)
     if tokenizer.eos_token_id is None:
-        raise ValueError("Alpaca formatting needs a tokenizer with an EOS token")
+        raise UserError("Alpaca formatting needs a tokenizer with an EOS token")
     prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     if len(prompt_ids) >= max_length:
@@ -272,12 +298,34 @@ def split_rows(
     if max_samples is not None:
         train = train[:max_samples]
     if not train:
-        raise ValueError(f"no training rows left: {len(rows)} rows, {eval_samples} held out")
+        raise UserError(f"no training rows left: {len(rows)} rows, {eval_samples} held out")
     return train, held_out
+
+
+@dataclass
+class DataSplit:
+    """A run's rows after the seeded split, and what they are."""
+
+    source: str
+    fingerprint: str
+    train_rows: List[dict]
+    eval_rows: List[dict]
+    data_format: str
+
+
+def split_data(config: FinetuneConfig, log=print) -> DataSplit:
+    """The rows of --data, held out and training, as the seeded split makes them. Needs no torch, so
+    a bad --data is reported before the slow imports and the model load."""
+    rows, source = load_rows(config.data, log)
+    train_rows, eval_rows = split_rows(rows, config.eval_samples, config.max_samples, config.seed)
+    fmt = config.data_format if config.data_format != "auto" else detect_format(rows, source)
+    return DataSplit(source, rows_fingerprint(rows), train_rows, eval_rows, fmt)
 
 
 def collate(examples: Iterable[Example], pad_id: int) -> Dict[str, torch.Tensor]:
     """Right-pad a batch: pad ids with pad_id, attention mask 0 and labels -100 on padding."""
+    import torch
+
     examples = list(examples)
     width = max(len(example.input_ids) for example in examples)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)

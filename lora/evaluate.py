@@ -3,28 +3,29 @@
     python -m lora.evaluate --adapters runs/imdb runs/alpaca --names "IMDB FT" "Alpaca IFT" --out eval.md
 
 Table 6: the report's 10 fixed prompts (3 movie, 3 general, 4 instruction with the shared preamble;
-data/finetune/eval_prompts.json), one generation per model column (base first). Table 7: held-out loss
-per labelled token on N rows of each data set, per model. The rows are the first N of the same seeded
-shuffle lora.finetune holds out, so with the same --seed and N <= its --eval-samples they were never
-trained on.
+bpe_fast's samples/finetune/eval_prompts.json), one generation per model column (base first). Table 7:
+held-out loss per labelled token on N rows of each data set, per model. The rows are the first N of the
+same seeded shuffle lora.finetune holds out, so they were never trained on: for a data set an adapter
+was trained on (recognised by its rows' fingerprint in run.json), N is lowered to the rows that adapter
+held out, with a notice, and a --seed other than the adapter's is refused.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import re
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
+from bpe_fast.cliutil import ArgumentParser, UserError, positive_int, run_main
+from bpe_fast.files import atomic_write_json, atomic_write_text
 from lora import data as lora_data
-from lora import modeling
-from lora.adapters import base_model_for, check_adapter_dir
-from lora.inference import generate, heldout_loss
-from lora.precision import PRECISIONS, resolve_device, resolve_precision
+from lora.adapters import base_model_for, check_adapter_dir, read_run_summary, recorded_base
+from lora.config import MAX_LENGTH, PRECISIONS, SEED, device_name
+from lora.records import json_safe
 from lora.resources import load_eval_prompts
+from lora.sources import resolve_model_source, resolve_tokenizer_source
 
+PROG = "python -m lora.evaluate"
 BASE_COLUMN = "Foundation model"
 _INSTRUCTION_PARTS = re.compile(
     r"^Instruction:\s*(?P<instruction>.*?)\s*Input:\s*(?P<input>.*?)\s*Response:\s*$", re.S
@@ -69,6 +70,44 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> L
     return lines
 
 
+def heldout_rows_limit(
+    dataset: str,
+    rows: Sequence[dict],
+    adapters: Sequence[Path],
+    requested: int,
+    seed: int,
+    log: Callable[[str], None],
+) -> int:
+    """How many held-out rows of `dataset` may be scored: `requested`, lowered to what every adapter
+    trained on these rows held out (and never more than all rows but one)."""
+    fingerprint = lora_data.rows_fingerprint(rows)
+    limit, reason = min(requested, len(rows) - 1), f"{dataset} has {len(rows)} rows"
+    for adapter in adapters:
+        summary = read_run_summary(adapter)
+        if summary is None:
+            log(f"notice: {adapter} has no run.json, so which {dataset} rows it trained on is unknown")
+            continue
+        settings = summary.get("settings", {})
+        if summary.get("data_fingerprint", None) != fingerprint and not (
+            "data_fingerprint" not in summary and settings.get("data") == dataset
+        ):
+            continue  # trained on other data: every row of this data set is unseen by it
+        if settings.get("seed") != seed:
+            raise UserError(
+                f"{adapter} held out its {dataset} rows with --seed {settings.get('seed')}: pass --seed "
+                f"{settings.get('seed')} so that the loss is measured on rows it never trained on"
+            )
+        held_out = int(settings.get("eval_samples", 0))
+        if held_out < limit:
+            limit, reason = (
+                held_out,
+                f"{adapter} held out only {held_out} rows of it (it trained on the rest)",
+            )
+    if limit < requested:
+        log(f"notice: --loss-samples {requested} lowered to {limit} for {dataset}: {reason}")
+    return limit
+
+
 def evaluate(
     model_name: Optional[str],
     adapters: Sequence[Path],
@@ -84,72 +123,26 @@ def evaluate(
     precision: str = "fp32",
     device_name: str = "auto",
     log=print,
+    progress: bool = True,
 ) -> Dict[str, object]:
     """Generations (table 6) and held-out losses (table 7) for the base model and each adapter."""
-    from peft import PeftModel
-
     adapters = [check_adapter_dir(Path(a)) for a in adapters]
-    if names and len(names) != len(adapters):
-        raise ValueError(f"--names gives {len(names)} names for {len(adapters)} adapters")
-    columns = [BASE_COLUMN] + list(names or [a.name for a in adapters])
-    if len(set(columns)) != len(columns):
-        raise ValueError(f"column names must differ: {columns}")
-    if model_name is None:
-        if not adapters:
-            raise ValueError("--model is required when no --adapters are given")
-        model_name, tokenizer_name = base_model_for(adapters[0], None, tokenizer_name)
-    for adapter in adapters[1:]:
-        recorded, _ = base_model_for(adapter, None, None)
-        if recorded != model_name:
-            log(f"notice: {adapter} was trained on {recorded}, evaluated here on {model_name}")
+    columns, model_name, tokenizer_name = plan_columns(model_name, adapters, names, tokenizer_name, log)
+    for dataset in loss_datasets:
+        lora_data.check_data_spec(dataset)
+
+    from lora.precision import resolve_device, resolve_precision
+
     device = resolve_device(device_name)
     precision = resolve_precision(precision, device, log)
-    log(f"loading {model_name} ...")
-    base, tokenizer = modeling.load_model_and_tokenizer(model_name, tokenizer_name)
-    model = base
-    adapter_names = [f"adapter{i}" for i in range(len(adapters))]
-    if adapters:
-        model = PeftModel.from_pretrained(base, str(adapters[0]), adapter_name=adapter_names[0])
-        for adapter, adapter_name in zip(adapters[1:], adapter_names[1:]):
-            model.load_adapter(str(adapter), adapter_name=adapter_name)
-    model = model.to(device).eval()
-    context = modeling.context_length(base)
-    if context is not None:
-        max_length = min(max_length, context)
-
+    model, tokenizer, context = load_columns(model_name, tokenizer_name, adapters, device, log)
+    max_length = min(max_length, context) if context is not None else max_length
     prompts = evaluation_prompts(instruction_format)
-    losses: Dict[str, Dict[str, float]] = {}
-    encoded_sets = {}
-    for dataset in loss_datasets:
-        rows, source = lora_data.load_rows(dataset, log)
-        _, held_out = lora_data.split_rows(rows, min(loss_samples, len(rows) - 1), None, seed)
-        examples, _ = lora_data.encode_rows(tokenizer, held_out, "auto", max_length, source)
-        encoded_sets[dataset] = examples
-    pad_id = lora_data.pad_token_id(tokenizer)
-
-    generations: Dict[str, List[str]] = {}
-    for column, adapter_name in zip(columns, [None] + adapter_names):
-        log(f"evaluating {column} ...")
-
-        def run_column():
-            texts = generate(
-                model, tokenizer, [p["text"] for p in prompts], device, max_new_tokens, sample, seed
-            )
-            column_losses = {
-                dataset: heldout_loss(model, examples, pad_id, device, precision)
-                for dataset, examples in encoded_sets.items()
-            }
-            return texts, column_losses
-
-        if adapter_name is None and adapters:
-            with model.disable_adapter():
-                generations[column], column_losses = run_column()
-        else:
-            if adapter_name is not None:
-                model.set_adapter(adapter_name)
-            generations[column], column_losses = run_column()
-        for dataset, value in column_losses.items():
-            losses.setdefault(dataset, {})[column] = value
+    loss_sets = heldout_examples(loss_datasets, tokenizer, adapters, loss_samples, seed, max_length, log)
+    scorer = ColumnScorer(
+        model, tokenizer, prompts, loss_sets, device, precision, max_new_tokens, sample, seed
+    )
+    generations, losses = scorer.score(columns, with_adapters=bool(adapters), progress=progress)
     return {
         "model": model_name,
         "adapters": [str(a) for a in adapters],
@@ -157,7 +150,7 @@ def evaluate(
         "prompts": prompts,
         "generations": generations,
         "heldout_loss": losses,
-        "loss_samples": {dataset: len(examples) for dataset, examples in encoded_sets.items()},
+        "loss_samples": {dataset: len(examples) for dataset, examples in loss_sets.items()},
         "settings": {
             "max_new_tokens": max_new_tokens,
             "sample": sample,
@@ -166,6 +159,114 @@ def evaluate(
             "max_length": max_length,
         },
     }
+
+
+def load_columns(model_name: str, tokenizer_name: Optional[str], adapters: Sequence[Path], device, log):
+    """(the base model with every adapter loaded as adapter0, adapter1, ..., the tokenizer, the context)."""
+    from lora import modeling
+    from lora.adapters import load_adapter
+
+    log(f"loading {model_name} ...")
+    base, tokenizer = modeling.load_model_and_tokenizer(model_name, tokenizer_name)
+    context = modeling.context_length(base)
+    model = base
+    for index, adapter in enumerate(adapters):
+        model = load_adapter(model, adapter, adapter_name=f"adapter{index}")
+    return model.to(device).eval(), tokenizer, context
+
+
+def heldout_examples(datasets, tokenizer, adapters, requested: int, seed: int, max_length: int, log):
+    """Per data set, the encoded held-out rows that no adapter trained on (see heldout_rows_limit)."""
+    loss_sets = {}
+    for dataset in datasets:
+        rows, source = lora_data.load_rows(dataset, log)
+        limit = heldout_rows_limit(dataset, rows, adapters, requested, seed, log)
+        if limit < 1:
+            log(f"notice: no held-out {dataset} rows to score; its loss row is left out")
+            continue
+        _, held_out = lora_data.split_rows(rows, limit, None, seed)
+        loss_sets[dataset], _ = lora_data.encode_rows(tokenizer, held_out, "auto", max_length, source)
+    return loss_sets
+
+
+class ColumnScorer:
+    """Runs the prompts and the loss sets through each column: the base model, then each adapter."""
+
+    LOSS_BATCH = 8
+
+    def __init__(self, model, tokenizer, prompts, loss_sets, device, precision, max_new_tokens, sample, seed):
+        self.model, self.tokenizer, self.prompts, self.loss_sets = model, tokenizer, prompts, loss_sets
+        self.device, self.precision = device, precision
+        self.max_new_tokens, self.sample, self.seed = max_new_tokens, sample, seed
+        self.pad_id = lora_data.pad_token_id(tokenizer)
+
+    def score(self, columns: Sequence[str], with_adapters: bool, progress: bool):
+        from tqdm.auto import tqdm
+
+        batches = sum(-(-len(examples) // self.LOSS_BATCH) for examples in self.loss_sets.values())
+        total = len(columns) * (len(self.prompts) + batches)
+        generations: Dict[str, List[str]] = {}
+        losses: Dict[str, Dict[str, float]] = {}
+        with tqdm(total=total, desc="evaluate", disable=not progress) as bar:
+            for index, column in enumerate(columns):
+                bar.set_postfix_str(column)
+                if index == 0 and with_adapters:
+                    with self.model.disable_adapter():
+                        generations[column], column_losses = self.one_column(bar)
+                else:
+                    if index > 0:
+                        self.model.set_adapter(f"adapter{index - 1}")
+                    generations[column], column_losses = self.one_column(bar)
+                for dataset, value in column_losses.items():
+                    losses.setdefault(dataset, {})[column] = value
+        return generations, losses
+
+    def one_column(self, bar):
+        from lora.inference import generate, heldout_loss
+
+        texts = generate(
+            self.model,
+            self.tokenizer,
+            [p["text"] for p in self.prompts],
+            self.device,
+            self.max_new_tokens,
+            self.sample,
+            self.seed,
+            on_prompt=lambda: bar.update(1),
+        )
+        column_losses = {
+            dataset: heldout_loss(
+                self.model,
+                examples,
+                self.pad_id,
+                self.device,
+                self.precision,
+                batch_size=self.LOSS_BATCH,
+                on_batch=lambda: bar.update(1),
+            )
+            for dataset, examples in self.loss_sets.items()
+        }
+        return texts, column_losses
+
+
+def plan_columns(model_name, adapters: Sequence[Path], names, tokenizer_name, log):
+    """(column names, base model, tokenizer) after the cheap checks: names, sources."""
+    if names and len(names) != len(adapters):
+        raise UserError(f"--names gives {len(names)} names for {len(adapters)} adapters")
+    columns = [BASE_COLUMN] + list(names or [a.name for a in adapters])
+    if len(set(columns)) != len(columns):
+        raise UserError(f"column names must differ: {columns}; pass --names")
+    if model_name is None:
+        if not adapters:
+            raise UserError("--model is required when no --adapters are given")
+        model_name, tokenizer_name = base_model_for(adapters[0], None, tokenizer_name)
+    for adapter in adapters:
+        recorded, _ = recorded_base(adapter)
+        if recorded is not None and recorded != model_name:
+            log(f"notice: {adapter} was trained on {recorded}, evaluated here on {model_name}")
+    resolve_model_source(model_name)
+    resolve_tokenizer_source(tokenizer_name)
+    return columns, model_name, tokenizer_name
 
 
 def render_markdown(result: Dict[str, object]) -> str:
@@ -193,64 +294,60 @@ def render_markdown(result: Dict[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-
-
-def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lora.evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--model", help="base model (hub id, directory, .gguf, smollm2); default: the first adapter's"
-    )
-    parser.add_argument(
-        "--tokenizer", help="tokenizer if the model has none ('gpt2-bundled' = the repo's GPT-2 files)"
-    )
-    parser.add_argument(
-        "--adapters", nargs="*", default=[], type=Path, help="adapter folders (lora.finetune outputs)"
-    )
-    parser.add_argument("--names", nargs="*", help="column names for the adapters (default: folder names)")
-    parser.add_argument(
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    add = parser.add_argument
+    add("--model", help="base model (hub id, directory, .gguf, smollm2); default: the first adapter's")
+    add("--tokenizer", help="tokenizer if the model has none ('gpt2-bundled' = bpe_fast's GPT-2 files)")
+    add("--adapters", nargs="*", default=[], type=Path, help="adapter folders (lora.finetune outputs)")
+    add("--names", nargs="*", help="column names for the adapters (default: folder names)")
+    add(
         "--loss-datasets",
         nargs="*",
         default=["alpaca-sample", "imdb-sample"],
         help="data sets for held-out loss (names as lora.finetune --data); none skips the table",
     )
-    parser.add_argument(
-        "--loss-samples", type=int, default=32, help="held-out rows per data set (default 32)"
+    add(
+        "--loss-samples",
+        type=positive_int,
+        default=32,
+        help="held-out rows per data set (default 32; lowered, with a notice, to the rows an adapter held out)",
     )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="split seed (as lora.finetune --seed) and sampling seed"
+    add(
+        "--seed",
+        type=SEED,
+        default=0,
+        help="split seed (as lora.finetune --seed) and sampling seed (default 0)",
     )
-    parser.add_argument(
-        "--max-length", type=int, default=512, help="tokens per loss sample, capped at the context"
+    add(
+        "--max-length",
+        type=MAX_LENGTH,
+        default=512,
+        help="tokens per loss sample, capped at the context (default 512)",
     )
-    parser.add_argument(
-        "--max-new-tokens", type=int, default=40, help="tokens generated per prompt (default 40)"
-    )
-    parser.add_argument(
+    add("--max-new-tokens", type=positive_int, default=40, help="tokens generated per prompt (default 40)")
+    add(
         "--sample",
         action="store_true",
         help="seeded sampling (temperature 0.8, top-p 0.95) instead of greedy",
     )
-    parser.add_argument(
+    add(
         "--instruction-format",
         choices=["report", "alpaca"],
         default="report",
         help="instruction prompts as the report wrote them, or in the Alpaca training template",
     )
-    parser.add_argument(
-        "--precision", choices=PRECISIONS, default="fp32", help="autocast precision (default fp32)"
-    )
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    parser.add_argument(
-        "--out", type=Path, help="write the Markdown here (and the raw results beside it as .json)"
-    )
-    args = parser.parse_args(argv)
-    if args.loss_samples < 1 or args.max_new_tokens < 1 or args.max_length < 2:
-        parser.error("--loss-samples and --max-new-tokens must be >= 1, --max-length >= 2")
+    add("--precision", choices=PRECISIONS, default="fp32", help="autocast precision (default fp32)")
+    add("--device", type=device_name, default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    add("--out", type=Path, help="write the Markdown here (and the raw results beside it as .json)")
+    add("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.out is not None and args.out.is_dir():
+        raise UserError(f"--out {args.out} is a folder; give a file name such as eval.md")
     result = evaluate(
         args.model,
         args.adapters,
@@ -265,13 +362,16 @@ def main(argv: Optional[List[str]] = None) -> None:
         args.instruction_format,
         args.precision,
         args.device,
+        progress=not args.no_progress,
     )
     markdown = render_markdown(result)
     print(markdown)
     if args.out:
-        _write_atomic(args.out, markdown)
-        _write_atomic(args.out.with_suffix(".json"), json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.out, markdown)
+        atomic_write_json(args.out.with_suffix(".json"), json_safe(result), indent=2)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, PROG)

@@ -1,8 +1,8 @@
-"""Forward passes shared by finetune, sweep and evaluate: token-weighted loss and text generation."""
+"""Forward passes shared by training, merge and evaluate: token-weighted loss and text generation."""
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -35,9 +35,16 @@ def labelled_tokens(batch: Dict[str, torch.Tensor]) -> int:
 
 @torch.no_grad()
 def heldout_loss(
-    model, examples: Sequence[Example], pad_id: int, device: torch.device, precision: str, batch_size: int = 8
+    model,
+    examples: Sequence[Example],
+    pad_id: int,
+    device: torch.device,
+    precision: str,
+    batch_size: int = 8,
+    on_batch: Optional[Callable[[], None]] = None,
 ) -> float:
-    """Mean loss per labelled token over the examples (nan when there are none)."""
+    """Mean loss per labelled token over the examples (nan when there are none); `on_batch` is called
+    after each batch (a progress bar's update)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -50,6 +57,8 @@ def heldout_loss(
                 loss, tokens = loss_sum_and_count(model, batch)
             total += float(loss)
             count += tokens
+            if on_batch is not None:
+                on_batch()
     finally:
         model.train(was_training)
     return total / count if count else float("nan")
@@ -66,8 +75,10 @@ def generate(
     seed: int = 0,
     temperature: float = 0.8,
     top_p: float = 0.95,
+    on_prompt: Optional[Callable[[], None]] = None,
 ) -> List[str]:
-    """The continuation (new text only) of each prompt; greedy unless sample=True (seeded per prompt)."""
+    """The continuation (new text only) of each prompt; greedy unless sample=True (seeded per prompt).
+    `on_prompt` is called after each prompt (a progress bar's update)."""
     was_training = model.training
     model.eval()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -91,6 +102,8 @@ def generate(
             generated = model.generate(**encoded, **options)
             new_tokens = generated[0, encoded["input_ids"].shape[1] :]
             outputs.append(tokenizer.decode(new_tokens, skip_special_tokens=True))
+            if on_prompt is not None:
+                on_prompt()
     finally:
         model.train(was_training)
     return outputs

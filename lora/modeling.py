@@ -10,13 +10,20 @@ which only some names match; here every requested name must match at least one a
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from lora.resources import GPT2_TOKENIZER_DIR, smollm2_gguf_path
+from bpe_fast.cliutil import UserError
+from lora.resources import GPT2_TOKENIZER_DIR
+from lora.sources import (
+    BUNDLED_GPT2_TOKENIZER,
+    ModelSource,
+    resolve_model_source,
+    resolve_tokenizer_source,
+)
 
 # Named groups per architecture (config.model_type). Names are suffixes of full module paths, matched
 # like peft does (equal, or ending in "." + name); GPT-2 needs the parent in the name because c_proj
@@ -37,60 +44,27 @@ MODULE_GROUPS: Dict[str, Dict[str, List[str]]] = {
     "qwen3": _LLAMA_GROUPS,
     "gemma": _LLAMA_GROUPS,
 }
-GROUP_NAMES = ("attention", "mlp", "all-linear")
-
-SMOLLM2_ALIAS = "smollm2"
-BUNDLED_GPT2_TOKENIZER = "gpt2-bundled"
 
 
 # ------------------------------------------------------------------------------------------------ loading
 
 
-@dataclass
-class ModelSource:
-    """Where from_pretrained reads a model: a directory or hub id, plus a GGUF file name inside it."""
-
-    name_or_path: str
-    gguf_file: Optional[str] = None
-
-    def describe(self) -> str:
-        return str(Path(self.name_or_path) / self.gguf_file) if self.gguf_file else self.name_or_path
-
-
-def resolve_model_source(model: str) -> ModelSource:
-    if model == SMOLLM2_ALIAS:
-        gguf = smollm2_gguf_path()
-        return ModelSource(str(gguf.parent), gguf.name)
-    path = Path(model)
-    if path.suffix.lower() == ".gguf":
-        if not path.is_file():
-            raise FileNotFoundError(f"--model {model!r}: GGUF file not found")
-        return ModelSource(str(path.resolve().parent), path.name)
-    if path.exists() and not path.is_dir():
-        raise ValueError(
-            f"--model {model!r}: a file that is not .gguf; pass a model directory, a .gguf or a hub id"
-        )
-    if path.is_dir() and not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"--model {model!r}: directory has no config.json (not an HF model directory)"
-        )
-    return ModelSource(str(path.resolve()) if path.is_dir() else model)
-
-
-def bundled_gpt2_tokenizer(folder: Path):
-    """An HF GPT-2 tokenizer written from the repo's encoder.json / vocab.bpe (GPT-2's own files).
+def bundled_gpt2_tokenizer(folder: Optional[Path] = None):
+    """An HF GPT-2 tokenizer made from bpe_fast's bundled encoder.json / vocab.bpe (GPT-2's own files).
 
     transformers 5 returns an empty tokenizer from GPT2TokenizerFast(vocab_file=..., merges_file=...),
-    so the files are copied under the names from_pretrained expects and loaded from that folder.
+    so the files are copied under the names from_pretrained expects and loaded from that folder (a
+    temporary one, removed after loading, unless `folder` is given).
     """
     from transformers import AutoTokenizer
 
+    if folder is None:
+        with tempfile.TemporaryDirectory(prefix="lora-gpt2-tok-") as scratch:
+            return bundled_gpt2_tokenizer(Path(scratch))
     encoder, merges = GPT2_TOKENIZER_DIR / "encoder.json", GPT2_TOKENIZER_DIR / "vocab.bpe"
     for path in (encoder, merges):
         if not path.is_file():
-            raise FileNotFoundError(
-                f"GPT-2 tokenizer file {path} not found (looked in the repository checkout)"
-            )
+            raise FileNotFoundError(f"GPT-2 tokenizer file {path} is missing: reinstall bpe-fast")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_bytes(encoder.read_bytes())
     (folder / "merges.txt").write_bytes(merges.read_bytes())
@@ -102,34 +76,53 @@ def bundled_gpt2_tokenizer(folder: Path):
     return tokenizer
 
 
-def load_tokenizer(source: ModelSource, tokenizer: Optional[str] = None, scratch_dir: Optional[Path] = None):
+def load_tokenizer(source: ModelSource, tokenizer: Optional[str] = None):
     """The tokenizer: --tokenizer if given (a directory, hub id or `gpt2-bundled`), else the model's."""
     from transformers import AutoTokenizer
 
     if tokenizer == BUNDLED_GPT2_TOKENIZER:
-        import tempfile
-
-        folder = scratch_dir or Path(tempfile.mkdtemp(prefix="lora-gpt2-tok-"))
-        return bundled_gpt2_tokenizer(folder)
+        return bundled_gpt2_tokenizer()
     if tokenizer:
-        return AutoTokenizer.from_pretrained(tokenizer)
+        own = resolve_tokenizer_source(tokenizer)
+        try:
+            return AutoTokenizer.from_pretrained(own.name_or_path, **own.from_pretrained_kwargs())
+        except (OSError, ValueError) as error:
+            raise UserError(
+                f"--tokenizer {tokenizer}: no tokenizer could be loaded ({_first_line(error)})"
+            ) from None
     try:
-        if source.gguf_file:
-            return AutoTokenizer.from_pretrained(source.name_or_path, gguf_file=source.gguf_file)
-        return AutoTokenizer.from_pretrained(source.name_or_path)
+        return AutoTokenizer.from_pretrained(source.name_or_path, **source.from_pretrained_kwargs())
     except (OSError, ValueError, TypeError) as error:
-        raise ValueError(
-            f"no tokenizer could be loaded for {source.describe()} ({type(error).__name__}: {error}); "
+        raise UserError(
+            f"no tokenizer could be loaded for {source.describe()} ({type(error).__name__}: {_first_line(error)}); "
             f"pass --tokenizer DIR, or --tokenizer {BUNDLED_GPT2_TOKENIZER} for a model using GPT-2's vocab"
         ) from None
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def load_model(source: ModelSource):
-    """The base causal LM in fp32 (training keeps fp32 master weights; autocast handles fp16/bf16)."""
+    """The base causal LM in fp32 (training keeps fp32 master weights; autocast handles fp16/bf16).
+
+    Weights come from safetensors (or the GGUF file): a folder holding only pickle weights
+    (pytorch_model.bin) is refused rather than unpickled."""
     from transformers import AutoModelForCausalLM
 
-    kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
-    model = AutoModelForCausalLM.from_pretrained(source.name_or_path, dtype=torch.float32, **kwargs)
+    kwargs = source.from_pretrained_kwargs()
+    if not source.gguf_file:
+        kwargs["use_safetensors"] = True
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source.name_or_path, dtype=torch.float32, **kwargs)
+    except OSError as error:  # transformers' "not found" and "cannot connect" are both OSErrors
+        hint = ""
+        if Path(source.name_or_path, "pytorch_model.bin").is_file():
+            hint = "; its pytorch_model.bin is a pickle file, which is never loaded: save it as safetensors"
+        raise UserError(
+            f"--model {source.describe()}: the model could not be loaded ({_first_line(error)}){hint}"
+        ) from None
     if source.gguf_file:
         _drop_dequantized_gguf_quantizer(model)
     return model
@@ -155,7 +148,7 @@ def load_model_and_tokenizer(model: str, tokenizer: Optional[str] = None):
     tok = load_tokenizer(source, tokenizer)
     base = load_model(source)
     if len(tok) > base.get_input_embeddings().num_embeddings:
-        raise ValueError(
+        raise UserError(
             f"tokenizer has {len(tok)} tokens but {source.describe()} embeds only "
             f"{base.get_input_embeddings().num_embeddings}: wrong tokenizer for this model"
         )
@@ -214,7 +207,7 @@ def expand_target_modules(model, requested: Sequence[str]) -> List[str]:
     for entry in requested:
         names.extend(part.strip() for part in entry.split(",") if part.strip())
     if not names:
-        raise ValueError("no target modules given")
+        raise UserError("no target modules given")
     model_type = getattr(model.config, "model_type", None)
     expanded: List[str] = []
     for name in names:
@@ -223,7 +216,7 @@ def expand_target_modules(model, requested: Sequence[str]) -> List[str]:
         elif name in ("attention", "mlp"):
             groups = MODULE_GROUPS.get(model_type)
             if groups is None:
-                raise ValueError(
+                raise UserError(
                     f"no {name!r} group is defined for model type {model_type!r}; name modules explicitly. "
                     f"Available: {', '.join(available_module_names(model))}"
                 )
@@ -250,15 +243,15 @@ def resolve_target_modules(model, requested: Sequence[str]) -> Tuple[List[str], 
         for full in hits:
             module = all_named[full]
             if module is output_embeddings and output_embeddings is not None:
-                raise ValueError(f"target module {name!r} selects the LM head ({full}); it is never adapted")
+                raise UserError(f"target module {name!r} selects the LM head ({full}); it is never adapted")
             if full not in adaptable:
-                raise ValueError(
+                raise UserError(
                     f"target module {name!r} selects {full} ({type(module).__name__}); only Linear/Conv1D "
                     f"layers are adapted. Available: {', '.join(available_module_names(model))}"
                 )
             selected.append(full)
     if unmatched:
-        raise ValueError(
+        raise UserError(
             f"target modules {unmatched} match no layer of this {getattr(model.config, 'model_type', '?')} model "
             f"(requested {list(requested)}). Available module names: {', '.join(available_module_names(model))}"
         )
@@ -279,7 +272,7 @@ def lora_config(model, target_modules: Sequence[str], r: int, alpha: float, drop
     modules = dict(model.named_modules())
     conv1d = [isinstance(modules[name], Conv1D) for name in selected]
     if any(conv1d) and not all(conv1d):
-        raise ValueError(
+        raise UserError(
             "the targets mix Conv1D and Linear layers, which need different fan_in_fan_out settings"
         )
     config = LoraConfig(

@@ -11,7 +11,9 @@ import contextlib
 
 import torch
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+from bpe_fast.cliutil import UserError
+from lora.config import PRECISIONS
+
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -20,7 +22,9 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+        raise UserError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return resolved
 
 

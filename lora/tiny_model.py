@@ -3,19 +3,18 @@
     python -m lora.tiny_model --arch gpt2 --out /tmp/tiny-gpt2
 
 writes an HF model directory (config, safetensors weights, tokenizer files) that every lora/ tool
-accepts as --model. The tokenizer is GPT-2's own (the repo's python/bpe_fast/gpt2 files).
+accepts as --model. The tokenizer is GPT-2's own (bpe_fast's bundled gpt2 files).
 """
 
 from __future__ import annotations
 
-import argparse
-import shutil
-import tempfile
 from pathlib import Path
 
-import torch
+from bpe_fast.cliutil import ArgumentParser, UserError, positive_int, run_main
+from bpe_fast.files import atomic_dir
+from lora.config import SEED
 
-from lora.modeling import bundled_gpt2_tokenizer
+PROG = "python -m lora.tiny_model"
 
 GPT2_VOCAB_SIZE = 50257
 
@@ -33,6 +32,8 @@ def tiny_model(
 
     Dropout defaults to 0 so that runs are exactly reproducible whatever the batch layout.
     """
+    import torch
+
     torch.manual_seed(seed)
     if arch == "gpt2":
         from transformers import GPT2Config, GPT2LMHeadModel
@@ -69,40 +70,44 @@ def tiny_model(
 
 
 def write_tiny_model(out: Path, arch: str = "gpt2", seed: int = 0, **sizes) -> Path:
-    """Write the tiny model plus GPT-2's tokenizer to `out` (atomically: temp folder, then rename)."""
+    """Write the tiny model plus GPT-2's tokenizer to the new folder `out` (complete, or not at all)."""
+    from lora.modeling import bundled_gpt2_tokenizer
+
     out = Path(out)
     if out.exists():
-        raise FileExistsError(f"{out} already exists")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
-    try:
+        raise UserError(f"--out {out} already exists; choose a new folder")
+    with atomic_dir(out) as staging:
         tiny_model(arch, seed=seed, **sizes).save_pretrained(staging)
-        bundled_gpt2_tokenizer(staging / "_tok").save_pretrained(staging)
-        shutil.rmtree(staging / "_tok")
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        bundled_gpt2_tokenizer().save_pretrained(staging)
     return out
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lora.tiny_model", description=__doc__.split("\n")[0])
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument(
         "--arch", choices=["gpt2", "llama"], default="gpt2", help="architecture (default gpt2)"
     )
     parser.add_argument("--out", required=True, type=Path, help="new directory to write the model into")
-    parser.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
-    parser.add_argument("--layers", type=int, default=2, help="transformer blocks (default 2)")
-    parser.add_argument("--width", type=int, default=32, help="hidden size (default 32)")
-    parser.add_argument("--heads", type=int, default=2, help="attention heads (default 2)")
+    parser.add_argument("--seed", type=SEED, default=0, help="initialisation seed (default 0)")
+    parser.add_argument("--layers", type=positive_int, default=2, help="transformer blocks (default 2)")
+    parser.add_argument("--width", type=positive_int, default=32, help="hidden size (default 32)")
+    parser.add_argument("--heads", type=positive_int, default=2, help="attention heads (default 2)")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if args.width % args.heads:
+        parser.error(f"--width {args.width} must be a multiple of --heads {args.heads}")
+    if args.out.exists():
+        raise UserError(f"--out {args.out} already exists; choose a new folder")
     path = write_tiny_model(
         args.out, args.arch, args.seed, n_layer=args.layers, n_embd=args.width, n_head=args.heads
     )
     print(f"wrote {args.arch} tiny model to {path}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, PROG)

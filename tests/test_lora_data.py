@@ -6,6 +6,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
+from bpe_fast.cliutil import UserError  # noqa: E402
 from lora import data as lora_data  # noqa: E402
 from lora.data import IGNORE_INDEX  # noqa: E402
 from lora.modeling import bundled_gpt2_tokenizer  # noqa: E402
@@ -80,12 +81,12 @@ def test_text_format_labels_equal_inputs(tokenizer):
 def test_detect_format():
     assert lora_data.detect_format([{"instruction": "a", "input": "", "output": "b"}]) == "alpaca"
     assert lora_data.detect_format([{"text": "a", "label": 1}]) == "text"
-    with pytest.raises(ValueError, match="cannot tell the format"):
+    with pytest.raises(UserError, match="cannot tell the format"):
         lora_data.detect_format([{"question": "a"}], "x.jsonl")
 
 
 def test_wrong_field_type_names_the_row(tokenizer):
-    with pytest.raises(ValueError, match="row 1 field 'output' is int"):
+    with pytest.raises(UserError, match="row 1 field 'output' is int"):
         lora_data.encode_rows(
             tokenizer, [{"instruction": "a", "output": "b"}, {"instruction": "a", "output": 3}], "alpaca", 64
         )
@@ -112,12 +113,12 @@ def test_local_file_formats_agree(tmp_path):
 def test_bad_local_files_fail_clearly(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"text": \n', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"bad\.jsonl:2: not valid JSON"):
+    with pytest.raises(UserError, match=r"bad\.jsonl:2: not valid JSON"):
         lora_data.load_rows(str(bad))
     (tmp_path / "d.txt").write_text("x", encoding="utf-8")
-    with pytest.raises(ValueError, match="unsupported data file type"):
+    with pytest.raises(UserError, match="unsupported file type"):
         lora_data.load_rows(str(tmp_path / "d.txt"))
-    with pytest.raises(FileNotFoundError, match="alpaca-sample"):
+    with pytest.raises(UserError, match="missing.jsonl: no such file.*alpaca-sample"):
         lora_data.load_rows(str(tmp_path / "missing.jsonl"))
 
 
@@ -128,7 +129,7 @@ def test_bundled_samples_and_offline_fallback(monkeypatch):
     imdb, _ = lora_data.load_rows("imdb-sample")
     assert lora_data.detect_format(imdb) == "text"
 
-    monkeypatch.setattr(lora_data, "_hub_reachable", lambda timeout_s=3.0: False)
+    monkeypatch.setattr(lora_data, "hub_reachable", lambda timeout_s=3.0: False)
     notices = []
     fallback, source = lora_data.load_rows("alpaca", log=notices.append)
     assert fallback == rows
@@ -146,5 +147,5 @@ def test_split_is_seeded_disjoint_and_prefix_stable():
     _, fewer = lora_data.split_rows(rows, 4, None, 3)
     assert fewer == held[:4]
     assert lora_data.split_rows(rows, 10, 30, 4)[1] != held
-    with pytest.raises(ValueError, match="no training rows"):
+    with pytest.raises(UserError, match="no training rows"):
         lora_data.split_rows(rows[:5], 5, None, 0)

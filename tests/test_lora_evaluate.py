@@ -1,5 +1,7 @@
 """lora.evaluate: the report's 10 prompts x (base + adapters) table, and held-out loss per data set."""
 
+import json
+
 import pytest
 
 pytest.importorskip("peft")
@@ -8,8 +10,10 @@ import torch  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
+from bpe_fast.cliutil import UserError  # noqa: E402
 from lora import data as lora_data  # noqa: E402
 from lora import evaluate  # noqa: E402
+from lora.adapters import known_peft_warnings_silenced  # noqa: E402
 from lora.inference import heldout_loss  # noqa: E402
 from lora.tiny_model import write_tiny_model  # noqa: E402
 
@@ -28,7 +32,8 @@ def adapter(tiny_gpt2, tmp_path_factory):
         r=4, lora_alpha=64, target_modules=["attn.c_attn"], fan_in_fan_out=True, init_lora_weights=False
     )
     out = tmp_path_factory.mktemp("adapters") / "noisy"
-    get_peft_model(model, config).save_pretrained(str(out))
+    with known_peft_warnings_silenced():
+        get_peft_model(model, config).save_pretrained(str(out))
     return out
 
 
@@ -56,6 +61,7 @@ def test_evaluate_table_and_losses(tiny_gpt2, adapter, tmp_path):
         max_new_tokens=2,
         device_name="cpu",
         log=lambda _: None,
+        progress=False,
     )
     assert result["columns"] == ["Foundation model", "Noisy"]
     assert all(len(result["generations"][c]) == 10 for c in result["columns"])
@@ -76,7 +82,38 @@ def test_evaluate_table_and_losses(tiny_gpt2, adapter, tmp_path):
 
 
 def test_evaluate_refuses_mismatched_names(tiny_gpt2, adapter):
-    with pytest.raises(ValueError, match="--names gives 2 names for 1 adapters"):
+    with pytest.raises(UserError, match="--names gives 2 names for 1 adapters"):
         evaluate.evaluate(str(tiny_gpt2), [adapter], names=["a", "b"], log=lambda _: None)
-    with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
+    with pytest.raises(UserError, match="no adapter_config.json"):
         evaluate.evaluate(str(tiny_gpt2), [tiny_gpt2], log=lambda _: None)
+
+
+def _trained_on(folder, rows, eval_samples, seed=0):
+    """An adapter folder whose run.json says it trained on `rows`, holding out `eval_samples`."""
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "adapter_model.safetensors").write_bytes(b"")
+    summary = {
+        "data_fingerprint": lora_data.rows_fingerprint(rows),
+        "settings": {"data": "alpaca-sample", "seed": seed, "eval_samples": eval_samples},
+    }
+    (folder / "run.json").write_text(json.dumps(summary))
+    return folder
+
+
+def test_loss_rows_never_include_trained_rows(tmp_path):
+    rows, _ = lora_data.load_rows("alpaca-sample")
+    quick = _trained_on(tmp_path / "quick", rows, eval_samples=16)
+    other = _trained_on(tmp_path / "other", [{"text": "unrelated"}], eval_samples=2)
+    notices = []
+    limit = evaluate.heldout_rows_limit("alpaca-sample", rows, [quick, other], 32, 0, notices.append)
+    assert limit == 16
+    assert notices == [
+        f"notice: --loss-samples 32 lowered to 16 for alpaca-sample: {quick} held out only 16 rows of it "
+        "(it trained on the rest)"
+    ]
+    # The held-out rows scored are exactly the ones the fine-tune held out with that seed.
+    assert lora_data.split_rows(rows, limit, None, 0)[1] == lora_data.split_rows(rows, 16, 24, 0)[1]
+    assert evaluate.heldout_rows_limit("alpaca-sample", rows, [quick], 8, 0, notices.append) == 8
+    with pytest.raises(UserError, match="--seed 0"):
+        evaluate.heldout_rows_limit("alpaca-sample", rows, [quick], 8, 1, notices.append)

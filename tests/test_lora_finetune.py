@@ -1,6 +1,7 @@
 """End to end on a tiny GPT-2 and a tiny Llama: training lowers held-out loss, the saved adapter reloads
 with identical logits, the merged model matches the adapter model, and the CLI refuses bad input."""
 
+import dataclasses
 import json
 
 import pytest
@@ -11,7 +12,11 @@ import torch  # noqa: E402
 from peft import PeftModel  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
-from lora import finetune  # noqa: E402
+from bpe_fast.cliutil import UserError  # noqa: E402
+from bpe_fast.files import OverwriteRefused  # noqa: E402
+from lora import config as lora_config  # noqa: E402
+from lora import finetune, training  # noqa: E402
+from lora.adapters import known_peft_warnings_silenced  # noqa: E402
 from lora.merge import merge_adapter  # noqa: E402
 from lora.tiny_model import write_tiny_model  # noqa: E402
 
@@ -31,15 +36,13 @@ def settings_for(model, out, **overrides):
     args += ["--data", "alpaca-sample", "--max-samples", "32", "--eval-samples", "8", "--max-length", "64"]
     args += ["--batch-size", "4", "--lr", "3e-2", "--r", "4", "--alpha", "8", "--probe-tokens", "3"]
     args += ["--device", "cpu"]  # the equality checks below compare against CPU models
-    settings = finetune.resolve_settings(finetune.build_parser().parse_args(args))
-    settings.update(overrides)
-    return settings
+    return dataclasses.replace(lora_config.parse_config(args), **overrides)
 
 
 @pytest.fixture(scope="module")
 def gpt2_run(tiny_gpt2, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "gpt2-alpaca"
-    model, tokenizer, summary = finetune.finetune_model(
+    model, tokenizer, summary = training.finetune_model(
         settings_for(tiny_gpt2, out), progress=False, log=lambda _: None
     )
     return out, model, tokenizer, summary
@@ -71,7 +74,8 @@ def test_adapter_reloads_with_identical_logits(gpt2_run, tiny_gpt2):
     out, model, tokenizer, _ = gpt2_run
     ids = tokenizer("I love this movie because it is", return_tensors="pt")["input_ids"]
     model.eval()
-    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_gpt2), str(out)).eval()
+    with known_peft_warnings_silenced():  # peft's own loader, as a user would call it
+        reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_gpt2), str(out)).eval()
     with torch.no_grad():
         trained_logits = model(input_ids=ids).logits
         reloaded_logits = reloaded(input_ids=ids).logits
@@ -94,7 +98,7 @@ def test_merged_model_matches_adapter_model(gpt2_run, tiny_gpt2, tmp_path):
     assert check["fp64_exact"] and check["fp64_merged_vs_adapter"] <= 1e-9 and check["saved_logits_equal"]
     assert check["fp32_merged_vs_adapter"] <= 1e-5
     assert (merged_dir / "tokenizer_config.json").is_file()
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(OverwriteRefused, match="--overwrite"):
         merge_adapter(out, merged_dir, log=lambda _: None)
 
 
@@ -111,7 +115,7 @@ def test_llama_text_mixed_precision_runs(tiny_llama, tmp_path, precision):
         target_modules=["attention", "mlp"],
         grad_accum=2,
     )
-    summary = finetune.run_finetune(settings, progress=False, log=lambda _: None)
+    summary = training.run_finetune(settings, progress=False, log=lambda _: None)
     assert summary["data_format"] == "text"
     assert summary["precision_used"] in ("fp16", "bf16", "fp32")
     assert summary["steps"] == 1  # 8 samples / (batch 4 x accumulation 2)
@@ -133,7 +137,7 @@ def test_gradient_accumulation_weights_tokens_not_batches(tiny_gpt2, tmp_path):
             dropout=0.0,
             probe_tokens=0,
         )
-        summary = finetune.run_finetune(settings, progress=False, log=lambda _: None)
+        summary = training.run_finetune(settings, progress=False, log=lambda _: None)
         results.append((summary["history"][0]["loss"], summary["heldout_loss_after"]))
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
     assert results[0][1] == pytest.approx(results[1][1], rel=1e-4)
@@ -141,39 +145,31 @@ def test_gradient_accumulation_weights_tokens_not_batches(tiny_gpt2, tmp_path):
 
 def test_bad_targets_fail_before_training(tiny_gpt2, tmp_path):
     settings = settings_for(tiny_gpt2, tmp_path / "bad", target_modules=["c_attn", "q_proj"])
-    with pytest.raises(ValueError, match=r"\['q_proj'\] match no layer.*attn\.c_attn"):
-        finetune.run_finetune(settings, progress=False, log=lambda _: None)
+    with pytest.raises(UserError, match=r"\['q_proj'\] match no layer.*attn\.c_attn"):
+        training.run_finetune(settings, progress=False, log=lambda _: None)
     assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.partial").exists()
 
 
 def test_existing_out_needs_overwrite(gpt2_run, tiny_gpt2):
     out = gpt2_run[0]
-    with pytest.raises(FileExistsError, match="--overwrite"):
-        finetune.run_finetune(settings_for(tiny_gpt2, out), progress=False, log=lambda _: None)
+    with pytest.raises(OverwriteRefused, match="--overwrite"):
+        training.run_finetune(settings_for(tiny_gpt2, out), progress=False, log=lambda _: None)
 
 
 def test_presets_fill_unset_flags_only():
-    parser = finetune.build_parser()
-    settings = finetune.resolve_settings(
-        parser.parse_args(["--model", "m", "--out", "o", "--preset", "report-alpaca", "--r", "2"])
+    settings = lora_config.parse_config(
+        ["--model", "m", "--out", "o", "--preset", "report-alpaca", "--r", "2"]
     )
-    assert settings["r"] == 2  # explicit flag wins
-    assert (settings["alpha"], settings["lr"], settings["epochs"]) == (1.0, 3e-2, 2)
-    assert (settings["batch_size"], settings["grad_accum"], settings["max_samples"]) == (1, 8, 1024)
-    assert settings["data"] == "alpaca"
-    assert (
-        finetune.resolve_settings(
-            parser.parse_args(["--model", "m", "--out", "o", "--preset", "report-imdb"])
-        )["r"]
-        == 4
-    )
-    with pytest.raises(ValueError, match="--batch-size must be >= 1"):
-        finetune.resolve_settings(parser.parse_args(["--model", "m", "--out", "o", "--batch-size", "0"]))
+    assert settings.r == 2  # explicit flag wins
+    assert (settings.alpha, settings.lr, settings.epochs) == (1.0, 3e-2, 2)
+    assert (settings.batch_size, settings.grad_accum, settings.max_samples) == (1, 8, 1024)
+    assert settings.data == "alpaca"
+    assert lora_config.parse_config(["--model", "m", "--out", "o", "--preset", "report-imdb"]).r == 4
 
 
 def test_help_lists_every_flag(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        finetune.main(["--help"])
+        finetune.main(["--help"])  # argparse exits after printing the help
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--model", "--data", "--r", "--alpha", "--dropout", "--target-modules", "--lr", "--epochs",
@@ -184,7 +180,7 @@ def test_help_lists_every_flag(capsys):
 
 def test_non_finite_gradient_skips_the_step(tiny_gpt2, tmp_path, monkeypatch):
     # Poison the first training window's loss: that step must be skipped, not turn the adapter into NaN.
-    real = finetune.loss_sum_and_count
+    real = training.loss_sum_and_count
     calls = {"training": 0}
 
     def poisoned(model, batch):
@@ -195,9 +191,9 @@ def test_non_finite_gradient_skips_the_step(tiny_gpt2, tmp_path, monkeypatch):
                 loss = loss * float("nan")
         return loss, count
 
-    monkeypatch.setattr(finetune, "loss_sum_and_count", poisoned)
+    monkeypatch.setattr(training, "loss_sum_and_count", poisoned)
     settings = settings_for(tiny_gpt2, tmp_path / "nan", max_samples=8, eval_samples=2, probe_tokens=0)
-    model, _, summary = finetune.finetune_model(settings, progress=False, log=lambda _: None)
+    model, _, summary = training.finetune_model(settings, progress=False, log=lambda _: None)
     assert summary["steps"] == 2 and summary["skipped_steps_nonfinite_grad"] == 1
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert torch.isfinite(torch.tensor(summary["heldout_loss_after"]))

@@ -11,7 +11,8 @@ import torch  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from gpt.model import GPT, GPTConfig, padded_vocab_size  # noqa: E402
-from lora import finetune  # noqa: E402
+from lora import config as lora_config  # noqa: E402
+from lora import training  # noqa: E402
 from lora.merge import merge_adapter  # noqa: E402
 
 GPT2_VOCAB = 50257
@@ -36,8 +37,8 @@ def test_lora_fine_tunes_a_gpt_export_and_merges_exactly(exported_gpt, tmp_path)
     args += ["--data", "alpaca-sample", "--max-samples", "32", "--eval-samples", "8", "--max-length", "64"]
     args += ["--batch-size", "4", "--lr", "3e-2", "--r", "4", "--alpha", "8", "--probe-tokens", "3"]
     args += ["--target-modules", "all-linear", "--device", "cpu"]
-    settings = finetune.resolve_settings(finetune.build_parser().parse_args(args))
-    model, tokenizer, summary = finetune.finetune_model(settings, progress=False, log=lambda _: None)
+    settings = lora_config.parse_config(args)
+    model, tokenizer, summary = training.finetune_model(settings, progress=False, log=lambda _: None)
     assert summary["heldout_loss_after"] < summary["heldout_loss_before"]
     # attn.c_attn (32->96), attn.c_proj (32->32), mlp.c_fc (32->128), mlp.c_proj (128->32) in 2 layers.
     assert summary["trainable_params"] == 2 * 4 * ((32 + 96) + (32 + 32) + (32 + 128) + (128 + 32))

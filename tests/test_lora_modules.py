@@ -8,7 +8,9 @@ pytest.importorskip("peft")
 
 from peft import get_peft_model  # noqa: E402
 
+from bpe_fast.cliutil import UserError  # noqa: E402
 from lora import modeling  # noqa: E402
+from lora.adapters import known_peft_warnings_silenced  # noqa: E402
 from lora.tiny_model import tiny_model  # noqa: E402
 
 
@@ -28,7 +30,8 @@ def lora_trainable(model, targets, r):
     config, selected = modeling.lora_config(copy.deepcopy(model), targets, r=r, alpha=1.0, dropout=0.0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        peft_model = get_peft_model(copy.deepcopy(model), config)
+        with known_peft_warnings_silenced():
+            peft_model = get_peft_model(copy.deepcopy(model), config)
     fan_warnings = [w for w in caught if "fan_in_fan_out" in str(w.message)]
     assert not fan_warnings, [str(w.message) for w in fan_warnings]
     trainable, _ = modeling.count_parameters(peft_model)
@@ -91,23 +94,23 @@ def test_expected_parameters_helper_matches_peft(llama, gpt2):
 
 
 def test_unmatched_names_fail_listing_available(llama, gpt2):
-    with pytest.raises(ValueError, match=r"match no layer.*Available module names: .*q_proj") as error:
+    with pytest.raises(UserError, match=r"match no layer.*Available module names: .*q_proj") as error:
         modeling.resolve_target_modules(llama, ["nonexistent"])
     assert "down_proj" in str(error.value)
     # peft would silently adapt q_proj and ignore c_attn; here a partial match is an error.
-    with pytest.raises(ValueError, match=r"\['c_attn'\] match no layer") as error:
+    with pytest.raises(UserError, match=r"\['c_attn'\] match no layer") as error:
         modeling.resolve_target_modules(llama, ["q_proj", "c_attn"])
     assert "v_proj" in str(error.value)
-    with pytest.raises(ValueError, match=r"Available module names: .*attn\.c_attn"):
+    with pytest.raises(UserError, match=r"Available module names: .*attn\.c_attn"):
         modeling.resolve_target_modules(gpt2, ["q_proj"])
 
 
 def test_lm_head_and_non_linear_layers_are_refused(gpt2, llama):
-    with pytest.raises(ValueError, match="LM head"):
+    with pytest.raises(UserError, match="LM head"):
         modeling.resolve_target_modules(gpt2, ["lm_head"])
-    with pytest.raises(ValueError, match="only Linear/Conv1D"):
+    with pytest.raises(UserError, match="only Linear/Conv1D"):
         modeling.resolve_target_modules(gpt2, ["attn"])
-    with pytest.raises(ValueError, match="only Linear/Conv1D"):
+    with pytest.raises(UserError, match="only Linear/Conv1D"):
         modeling.resolve_target_modules(llama, ["input_layernorm"])
 
 
@@ -116,7 +119,7 @@ def test_unknown_architecture_group_is_an_error(gpt2):
 
     odd = copy.deepcopy(gpt2)
     odd.config.model_type = "unheard_of"
-    with pytest.raises(ValueError, match="no 'attention' group is defined for model type 'unheard_of'"):
+    with pytest.raises(UserError, match="no 'attention' group is defined for model type 'unheard_of'"):
         modeling.expand_target_modules(odd, ["attention"])
     # all-linear works for any architecture.
     assert modeling.expand_target_modules(odd, ["all-linear"])

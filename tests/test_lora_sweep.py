@@ -9,6 +9,7 @@ import pytest
 pytest.importorskip("peft")
 pytest.importorskip("matplotlib")
 
+from bpe_fast.cliutil import UserError  # noqa: E402
 from lora import sweep  # noqa: E402
 from lora.tiny_model import write_tiny_model  # noqa: E402
 
@@ -99,7 +100,7 @@ def test_incomplete_run_is_redone_and_changed_settings_refused(finished_sweep, t
     )
     assert any("r1-alpha16-attention: training" in m for m in messages)
     assert run_json.is_file()
-    with pytest.raises(ValueError, match="finished with different settings.*lr"):
+    with pytest.raises(UserError, match="finished with different settings.*lr"):
         sweep.run_sweep(
             sweep_args(tiny_gpt2, out, "--r", "1", "--target-modules", "attention", "--lr", "1e-3"),
             log=lambda _: None,
@@ -115,19 +116,49 @@ def test_yaml_config_and_cli_precedence(tmp_path):
     args = sweep.build_parser().parse_args(["--config", str(config), "--out", str(tmp_path), "--alpha", "2"])
     settings, grid = sweep.grid_from_args(args)
     assert grid == {"r": [2, 8], "alpha": [2.0], "target_modules": ["attention", "q_proj,v_proj"]}
-    assert settings["model"] == "some-model" and settings["lr"] == 0.01
+    assert settings.model == "some-model" and settings.lr == 0.01
     config.write_text("r: [2]\nlearning_rate: 0.1\n")
-    with pytest.raises(ValueError, match="unknown keys \\['learning_rate'\\]"):
+    with pytest.raises(UserError, match="unknown settings \\['learning_rate'\\]"):
         sweep.grid_from_args(
             sweep.build_parser().parse_args(["--config", str(config), "--out", str(tmp_path)])
         )
 
 
 def test_bad_target_in_grid_fails_before_any_run(tiny_gpt2, tmp_path):
-    with pytest.raises(ValueError, match="match no layer"):
+    with pytest.raises(UserError, match="match no layer"):
         sweep.run_sweep(
             sweep_args(tiny_gpt2, tmp_path, "--target-modules", "attention", "q_proj"),
             log=lambda _: None,
             progress=False,
         )
     assert not list((tmp_path / "runs").iterdir())
+
+
+def test_an_interrupted_sweep_resumes_its_run(tiny_gpt2, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from lora import training
+    from lora.run_folder import TrainingInterrupted
+
+    real = training.loss_sum_and_count
+    calls = {"n": 0}
+
+    def sigterm_on_first_step(model, batch):
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return real(model, batch)
+
+    monkeypatch.setattr(training, "loss_sum_and_count", sigterm_on_first_step)
+    with pytest.raises(TrainingInterrupted):
+        sweep.run_sweep(sweep_args(tiny_gpt2, tmp_path, "--r", "2"), log=lambda _: None, progress=False)
+    monkeypatch.undo()
+    assert (tmp_path / "runs" / "r2-alpha16-attention.partial" / "resume" / "state.json").is_file()
+    messages = []
+    rows = sweep.run_sweep(sweep_args(tiny_gpt2, tmp_path, "--r", "2"), log=messages.append, progress=False)
+    assert "[1/1] r2-alpha16-attention: training (resuming at step 1)" in messages
+    assert rows[0]["summary"]["resumed_from_step"] == 1 and rows[0]["summary"]["steps"] == 2
+    assert not any("notice: --resume" in m for m in messages)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["r2-alpha16-attention"]
