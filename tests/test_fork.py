@@ -84,7 +84,9 @@ def test_forked_children_work_after_any_first_use(first_use):
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert sorted(report) == sorted(OPERATIONS)
     for name, outcome in report.items():
-        assert outcome["status"] == 0, f"{first_use} then {name}: child status {outcome['status']} (14 = hung)"
+        assert outcome["status"] == 0, (
+            f"{first_use} then {name}: child status {outcome['status']} (14 = hung)"
+        )
         assert outcome["same"], f"{first_use} then {name}: the child's result differs from the parent's"
 
 
