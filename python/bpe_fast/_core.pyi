@@ -57,6 +57,12 @@ class CoreTokenizer:
         """Validates (duplicate ids/bytes, missing single bytes, merges naming unknown ids, not
         producing their token or not in BPE order, special ids clashing) and raises ValueError
         naming the bad entry."""
+    @staticmethod
+    def from_tiktoken_file(
+        path: str, special_tokens: Sequence[tuple[str, int]], pattern: str
+    ) -> CoreTokenizer:
+        """A tiktoken rank file ("base64 rank" per line, rank = id), read and its merges recovered in
+        Rust; ValueError naming the file and the line or token."""
     @property
     def pattern(self) -> str: ...
     @property

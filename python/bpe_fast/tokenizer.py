@@ -6,7 +6,6 @@ Special-token policy is tiktoken's: `encode` raises on special-token text unless
 
 from __future__ import annotations
 
-import base64
 import os
 import sys
 import warnings
@@ -161,12 +160,13 @@ class Tokenizer:
             pattern = known[0]
         if special_tokens is None:
             special_tokens = dict(known[1]) if known is not None else {}
-        tokens = _read_tiktoken_ranks(path)
-        try:
-            merges = core().recover_merges(tokens)
-        except ValueError as err:
-            raise ValueError(f"{path}: {err}") from None
-        return cls.from_parts(tokens, merges, special_tokens, pattern)
+        if path.is_dir():
+            raise ValueError(f"{path}: is a directory, not a tiktoken rank file")
+        specials = sorted(special_tokens.items(), key=lambda kv: kv[1])
+        core_tokenizer = core().CoreTokenizer.from_tiktoken_file(
+            str(path), [(str(text), int(i)) for text, i in specials], canonical_pattern(pattern)
+        )
+        return cls(core_tokenizer)
 
     # ------------------------------------------------------------------------------------------------
     # properties
@@ -439,26 +439,6 @@ def _threads(num_threads: Optional[int]) -> int:
     if not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1:
         raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
     return num_threads
-
-
-def _read_tiktoken_ranks(path: Path) -> list[tuple[int, bytes]]:
-    if path.is_dir():
-        raise ValueError(f"{path}: is a directory, not a tiktoken rank file")
-    tokens: list[tuple[int, bytes]] = []
-    with open(path, "rb") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            parts = line.split()
-            try:
-                if len(parts) != 2:
-                    raise ValueError("expected 'base64 rank'")
-                tokens.append((int(parts[1]), base64.b64decode(parts[0], validate=True)))
-            except (ValueError, base64.binascii.Error) as err:
-                raise ValueError(f"{path}:{line_number}: not a tiktoken rank line ({err})") from None
-    if not tokens:
-        raise ValueError(f"{path}: empty tiktoken rank file")
-    return tokens
 
 
 @lru_cache(maxsize=1)

@@ -12,6 +12,7 @@ mod piece_cache;
 pub mod pretokenize;
 pub mod recover;
 pub mod threads;
+pub mod tiktoken_file;
 pub mod tokenizer;
 pub mod train;
 mod unicode_tables;

@@ -481,6 +481,37 @@ impl PyTokenizer {
         })
     }
 
+    /// A tiktoken rank file, read, its merges recovered and validated in Rust (see
+    /// `Tokenizer::from_ranks`).
+    #[staticmethod]
+    fn from_tiktoken_file(
+        py: Python<'_>,
+        path: PathBuf,
+        special_tokens: &Bound<'_, PyAny>,
+        pattern: String,
+    ) -> PyResult<Self> {
+        guarded(|| {
+            let specials: Vec<(String, u32)> = extract_arg(special_tokens, "special_tokens")?;
+            let pattern = Pattern::parse(&pattern).map_err(to_py_err)?;
+            let inner = py
+                .allow_threads(|| {
+                    let tokens = crate::tiktoken_file::read_tiktoken_ranks(&path)?;
+                    Tokenizer::from_ranks(tokens, specials, pattern).map_err(|e| match e {
+                        Error::InvalidData { what, location } => Error::InvalidData {
+                            what,
+                            location: format!("{}: {location}", path.display()),
+                        },
+                        other => other,
+                    })
+                })
+                .map_err(to_py_err)?;
+            Ok(PyTokenizer {
+                inner: Arc::new(inner),
+                ints: Mutex::new(Vec::new()),
+            })
+        })
+    }
+
     #[getter]
     fn pattern(&self) -> String {
         self.inner.pattern().name().to_string()
