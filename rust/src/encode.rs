@@ -205,15 +205,7 @@ impl Merger {
             (rank[i], made[i]) = self.byte_pair(bytes[i], bytes[i + 1]);
         }
         loop {
-            let mut best = NO_RANK;
-            let mut at = 0;
-            // Strict `<`: the leftmost of equal ranks wins.
-            for (i, &r) in rank[..n - 1].iter().enumerate() {
-                if r < best {
-                    best = r;
-                    at = i;
-                }
-            }
+            let (best, at) = lowest_rank(&rank, n);
             if best == NO_RANK {
                 break;
             }
@@ -473,6 +465,58 @@ impl Merger {
             pos = next[pos];
         }
     }
+}
+
+/// The lowest rank among `rank[..n - 1]` and its position, the leftmost of equal ranks (entries
+/// from `n - 1` on are NO_RANK). Long pieces (Chinese under o200k cuts into pieces of up to the
+/// 64-byte limit, and a piece of n bytes needs up to n scans) take 8-lane vector minimums over the
+/// whole array: ~40 instructions instead of ~4 per entry.
+#[inline(always)]
+fn lowest_rank(rank: &[u32; SHORT_CHUNK], n: usize) -> (u32, usize) {
+    #[cfg(target_arch = "x86_64")]
+    if n > 24 && std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present (checked just above).
+        return unsafe { lowest_rank_avx2(rank) };
+    }
+    let mut best = NO_RANK;
+    let mut at = 0;
+    // Strict `<`: the leftmost of equal ranks wins.
+    for (i, &r) in rank[..n - 1].iter().enumerate() {
+        if r < best {
+            best = r;
+            at = i;
+        }
+    }
+    (best, at)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn lowest_rank_avx2(rank: &[u32; SHORT_CHUNK]) -> (u32, usize) {
+    use std::arch::x86_64::*;
+    const LANES: usize = 8;
+    let base = rank.as_ptr() as *const __m256i;
+    let load = |k: usize| _mm256_loadu_si256(base.add(k));
+    let mut lowest = load(0);
+    for k in 1..SHORT_CHUNK / LANES {
+        lowest = _mm256_min_epu32(lowest, load(k));
+    }
+    // The minimum of the 8 lanes, in every lane.
+    lowest = _mm256_min_epu32(lowest, _mm256_permute2x128_si256(lowest, lowest, 1));
+    lowest = _mm256_min_epu32(lowest, _mm256_shuffle_epi32(lowest, 0b01_00_11_10));
+    lowest = _mm256_min_epu32(lowest, _mm256_shuffle_epi32(lowest, 0b10_11_00_01));
+    let best = _mm256_cvtsi256_si32(lowest) as u32;
+    if best == NO_RANK {
+        return (NO_RANK, 0);
+    }
+    for k in 0..SHORT_CHUNK / LANES {
+        let equal = _mm256_cmpeq_epi32(load(k), lowest);
+        let lanes = _mm256_movemask_ps(_mm256_castsi256_ps(equal));
+        if lanes != 0 {
+            return (best, k * LANES + lanes.trailing_zeros() as usize);
+        }
+    }
+    unreachable!("the minimum is one of the lanes")
 }
 
 /// One part of a chunk being encoded, with the pair it starts (itself and its right neighbour).
@@ -789,6 +833,28 @@ mod tests {
                 merger.push((k >> 32) as u32, k as u32, made);
             }
             check_all_paths(&merger, &text)?;
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn vector_minimum_equals_the_scan(
+            ranks in prop::collection::vec(prop::sample::select(vec![0u32, 1, 7, 7, 100, u32::MAX - 1, NO_RANK]), 2..=SHORT_CHUNK),
+        ) {
+            let n = ranks.len();
+            let mut rank = [NO_RANK; SHORT_CHUNK];
+            rank[..n - 1].copy_from_slice(&ranks[..n - 1]);
+            let mut want = (NO_RANK, 0);
+            for (i, &r) in rank[..n - 1].iter().enumerate() {
+                if r < want.0 {
+                    want = (r, i);
+                }
+            }
+            let got = lowest_rank(&rank, n);
+            prop_assert_eq!(got.0, want.0);
+            if want.0 != NO_RANK {
+                prop_assert_eq!(got.1, want.1);
+            }
         }
     }
 
