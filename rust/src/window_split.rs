@@ -57,8 +57,13 @@ fn classify(bytes: &[u8], pos: usize) -> Option<Classes> {
         .expect("window length");
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: SSE2 is part of the x86_64 baseline, so the intrinsics are always available.
-        unsafe { simd::classify(window) }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 is present (checked just above).
+            unsafe { simd::classify_avx2(window) }
+        } else {
+            // SAFETY: SSE2 is part of the x86_64 baseline, so the intrinsics are always available.
+            unsafe { simd::classify(window) }
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -112,6 +117,50 @@ mod simd {
     #[inline(always)]
     unsafe fn bits(lanes: __m128i) -> u64 {
         _mm_movemask_epi8(lanes) as u16 as u64
+    }
+
+    /// Lanes of `v` in `lo..=hi` (unsigned), 32 at a time.
+    #[inline(always)]
+    unsafe fn within32(v: __m256i, lo: u8, hi: u8) -> __m256i {
+        let shifted = _mm256_sub_epi8(v, _mm256_set1_epi8(lo as i8));
+        _mm256_cmpeq_epi8(
+            _mm256_min_epu8(shifted, _mm256_set1_epi8((hi - lo) as i8)),
+            shifted,
+        )
+    }
+
+    #[inline(always)]
+    unsafe fn eq32(v: __m256i, b: u8) -> __m256i {
+        _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b as i8))
+    }
+
+    #[inline(always)]
+    unsafe fn bits32(lanes: __m256i) -> u64 {
+        _mm256_movemask_epi8(lanes) as u32 as u64
+    }
+
+    /// AVX2 version of `classify_scalar`, 32 bytes per step (half the instructions of SSE2's).
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn classify_avx2(window: &[u8; WINDOW + LOOKAHEAD]) -> Option<Classes> {
+        let tail = u32::from_le_bytes(window[WINDOW..].try_into().expect("4 bytes"));
+        let mut c = Classes::default();
+        let mut high = u64::from(tail & 0x8080_8080 != 0);
+        for part in 0..WINDOW / 32 {
+            let v = _mm256_loadu_si256(window.as_ptr().add(part * 32) as *const __m256i);
+            let shift = part * 32;
+            high |= bits32(v);
+            let folded = _mm256_or_si256(v, _mm256_set1_epi8(0x20));
+            c.letter |= bits32(within32(folded, b'a', b'z')) << shift;
+            c.upper |= bits32(within32(v, b'A', b'Z')) << shift;
+            c.digit |= bits32(within32(v, b'0', b'9')) << shift;
+            let blank = eq32(v, b' ');
+            c.space |= bits32(_mm256_or_si256(blank, within32(v, 9, 13))) << shift;
+            c.newline |= bits32(_mm256_or_si256(eq32(v, b'\n'), eq32(v, b'\r'))) << shift;
+            c.blank |= bits32(blank) << shift;
+            c.quote |= bits32(eq32(v, b'\'')) << shift;
+            c.slash |= bits32(eq32(v, b'/')) << shift;
+        }
+        (high == 0).then_some(c)
     }
 
     /// SSE2 version of `classify_scalar`, 16 bytes per step.
@@ -459,6 +508,17 @@ mod tests {
             let window: [u8; WINDOW + LOOKAHEAD] =
                 std::array::from_fn(|i| (i as u8).wrapping_mul(37).wrapping_add(offset) & 0x7F);
             assert_eq!(classify(&window, 0), classify_scalar(&window));
+            #[cfg(target_arch = "x86_64")]
+            {
+                // SAFETY: SSE2 is baseline; AVX2 is only called where present.
+                assert_eq!(unsafe { simd::classify(&window) }, classify_scalar(&window));
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    assert_eq!(
+                        unsafe { simd::classify_avx2(&window) },
+                        classify_scalar(&window)
+                    );
+                }
+            }
         }
         let mut window = [b'a'; WINDOW + LOOKAHEAD];
         for at in 0..WINDOW + LOOKAHEAD {
