@@ -157,6 +157,16 @@ def test_grad_accumulation_matches_one_big_batch(tmp_path):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
 
 
+def test_activation_checkpointing_without_fsdp_follows_the_same_curve(tmp_path, capsys):
+    data = make_shards(tmp_path / "shards")
+    common = [*TINY, "--max-steps", "4", "--val-every", "2", "--data", str(data)]
+    assert train.main([*common, "--out", str(tmp_path / "plain")]) == 0
+    assert train.main([*common, "--activation-checkpointing", "--out", str(tmp_path / "ac")]) == 0
+    assert "| activation checkpointing |" in capsys.readouterr().out
+    for a, b in zip(read_log(tmp_path / "plain"), read_log(tmp_path / "ac"), strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6) and a.get("val_loss") == b.get("val_loss")
+
+
 def test_bfloat16_autocast_on_cpu_runs(tmp_path):
     status, out = run(tmp_path, "--max-steps", 2, "--val-every", 1, "--dtype", "bfloat16")
     assert status == 0 and all(np.isfinite(r["loss"]) for r in read_log(out))
