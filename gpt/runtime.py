@@ -9,6 +9,7 @@ The helpers here are no-ops without a group, so the trainer's code reads the sam
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 from dataclasses import dataclass
@@ -122,6 +123,9 @@ def stop_runtime(rt: Runtime) -> None:
     """Leaves no trace: main() may run in-process (tests)."""
     torch.set_num_threads(rt.previous_threads)
     if rt.distributed and dist.is_initialized():
+        # FSDP's modules and DTensors form reference cycles that hold the process group and its pending
+        # work: freed now, while the group is alive, rather than by interpreter shutdown after it.
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -625,7 +625,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     rt = start_runtime(cfg.device, cfg.dtype, cfg.threads, sharded=cfg.fsdp)
     try:
-        return train(cfg, rt)
+        status = train(cfg, rt)
+        rt.barrier()  # no rank closes its connections while another still reads from them
+        return status
     except PeerFailed:
         return 2
     finally:
