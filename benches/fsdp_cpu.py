@@ -9,9 +9,10 @@ shards: `--preset PRESET --vocab-size V --max-steps S`, no validation, samples o
 checkpoint gpt.train always writes at the last step (whole files under DDP, each rank's shards under
 FSDP). fp32 (CPU).
 
-Memory is the process's resident set from /proc/self/status: the peak (VmHWM) and what is held at the
-end (VmRSS after malloc_trim), each minus the resident size once torch and gpt.train are imported (the
-baseline), so the numbers are what training added. Workers run with MALLOC_MMAP_THRESHOLD_=65536
+Memory is the peak resident set of each rank (VmHWM from /proc/self/status), as it is and minus the
+resident size once torch, its FSDP and DCP modules and gpt.train are imported (the baseline, the same for
+every mode): what training added, i.e. the model, optimizer, activations and checkpoint writing, and also
+the process group's buffers and threads (gloo), which do not depend on the model. Workers run with MALLOC_MMAP_THRESHOLD_=65536
 (glibc): allocations of 64 KiB and more are mmap'd, so a freed tensor leaves the resident set at once
 and the peak follows live tensors rather than what the allocator keeps cached. Every rank builds the
 whole fp32 model before sharding it, so under FSDP the peak includes one full copy of the weights.
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900, help="seconds per run (default 900)")
     args = parser.parse_args(argv)
     rows = [
-        "| mode | ranks | peak MiB per rank | held at the end MiB per rank |",
+        "| mode | ranks | peak RSS MiB per rank | peak above the baseline MiB per rank |",
         "|---|---:|---|---|",
     ]
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,15 +95,12 @@ def main(argv: list[str] | None = None) -> int:
             ranks = run_mode(mode, args, work / "shards", work)
             baseline = ranks[0]["baseline_rss_bytes"]
 
-            def per_rank(key: str, ranks=ranks) -> str:
-                return " / ".join(f"{(r[key] - r['baseline_rss_bytes']) / MIB:.0f}" for r in ranks)
-
-            rows.append(
-                f"| {mode} | {len(ranks)} | {per_rank('peak_rss_bytes')} | {per_rank('end_rss_bytes')} |"
-            )
+            peak = " / ".join(f"{r['peak_rss_bytes'] / MIB:.0f}" for r in ranks)
+            added = " / ".join(f"{(r['peak_rss_bytes'] - r['baseline_rss_bytes']) / MIB:.0f}" for r in ranks)
+            rows.append(f"| {mode} | {len(ranks)} | {peak} | {added} |")
     print("\n".join(rows))
     print(
-        f"\nMiB above the resident size after imports (rank 0: {baseline / MIB:.0f} MiB); {args.preset}, vocab "
+        f"\nBaseline: the resident size after imports (rank 0: {baseline / MIB:.0f} MiB). {args.preset}, vocab "
         f"{args.vocab_size}, {args.steps} steps, fp32, gloo; ranks listed 0 / 1 / ..."
     )
     return 0

@@ -101,10 +101,13 @@ def peak_memory() -> dict:
 def cmd_train(args) -> int:
     import os
 
+    import torch.distributed.checkpoint  # noqa: F401  (what --fsdp imports, in the baseline for every mode)
+    import torch.distributed.fsdp  # noqa: F401
+
     import gpt.train
     from bpe_fast.files import atomic_write_json
 
-    baseline = _status_bytes("VmRSS")  # torch and gpt.train imported, nothing built yet
+    baseline = _status_bytes("VmRSS")  # torch, FSDP/DCP and gpt.train imported, nothing built yet
     status = gpt.train.main(args.train_args)
     rank = int(os.environ.get("RANK", "0"))
     record = {"rank": rank, "status": status, "baseline_rss_bytes": baseline, **peak_memory()}
