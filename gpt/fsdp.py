@@ -197,7 +197,7 @@ def save_sharded(directory: str | os.PathLike, model: torch.nn.Module, optimizer
     """Writes this rank's shards of the model (and optimizer) state into `directory` (collective).
 
     Not atomic by itself: the caller writes into a temporary directory and renames it on rank 0 after a
-    barrier (what gpt.checkpoint does for DDP checkpoints)."""
+    barrier: gpt.checkpoint.save_sharded_checkpoint, what gpt.train --fsdp writes checkpoints with."""
     import torch.distributed.checkpoint as dcp
 
     directory = Path(directory)
