@@ -131,8 +131,8 @@ class TrainConfig:
     fsdp: bool = _opt(
         False,
         "shard parameters, gradients and optimizer state over the ranks (FSDP2; needs torchrun, even for "
-        "one process); bf16 parameters in compute with bfloat16, fp32 gradient reduction; checkpoints are "
-        "sharded (resume them with --fsdp)",
+        "one process). With bf16 the weights are gathered in bf16 and gradients reduced in fp32. "
+        "Checkpoints are sharded: resume them with --fsdp (any world size); gpt.export/gpt.sample read them",
     )
     activation_checkpointing: bool = _opt(
         False, "recompute each block's activations in backward: less memory, ~1/3 more compute"
