@@ -1,22 +1,22 @@
-"""DDP and FSDP side by side on CPU (gloo): a minimal training loop, and its peak memory per rank.
+"""Peak memory per rank of `gpt.train` on CPU (gloo) under DDP, FSDP and FSDP + activation checkpointing.
 
-    # one run: 2 ranks, 10 steps of the tiny-cpu shape, losses (and peak RSS per rank) as JSON
-    torchrun --standalone --nproc_per_node 2 benches/fsdp_cpu.py worker --mode fsdp --out run.json
-    # the peak-memory table: DDP, FSDP and FSDP + activation checkpointing, 2 ranks each
-    python benches/fsdp_cpu.py memory [--preset tiny-cpu] [--steps 10]
+    python benches/fsdp_cpu.py                               # tiny-cpu, vocab 2048, 2 ranks, 10 steps
+    python benches/fsdp_cpu.py --vocab-size 50304 --modes ddp fsdp
 
-The worker is what tests/test_gpt_fsdp.py launches: gpt.model.GPT, the optimizer of
-`GPT.configure_optimizers` and gpt.train's learning-rate schedule, gradient accumulation and clipping,
-on random token batches that are the same for every mode (so DDP and FSDP must give the same losses).
-It stands in for `gpt.train --fsdp` until the trainer has it. fp32 throughout (CPU).
+Each mode is one `torchrun --standalone --nproc_per_node N` launch of gpt.train itself (through
+benches/gpu_scale.py's `train`, which records each rank's memory after the run) on the same random
+shards: `--preset PRESET --vocab-size V --max-steps S`, no validation, samples or TensorBoard, and the
+checkpoint gpt.train always writes at the last step (whole files under DDP, each rank's shards under
+FSDP). fp32 (CPU).
 
-Peak memory is VmHWM from /proc/self/status (the process's own high-water mark; getrusage's ru_maxrss
-would carry the torchrun agent's over exec). The baseline is the resident size after imports, before
-the model is built, so peak - baseline is what training added. `memory` launches the workers with
-MALLOC_MMAP_THRESHOLD_=65536 (glibc), so that freed tensors leave the resident set. Every rank builds the whole fp32 model
-before sharding it (as gpt.train will), so the peak includes one full model under FSDP too; the
-resident size after setup and after the steps (taken after malloc_trim, so that memory glibc keeps
-but no tensor uses is not counted) shows what each rank holds while it trains.
+Memory is the peak resident set of each rank (VmHWM from /proc/self/status), as it is and minus the
+resident size once torch, its FSDP and DCP modules and gpt.train are imported (the baseline, the same for
+every mode): what training added, i.e. the model, optimizer, activations and checkpoint writing, and also
+the process group's buffers and threads (gloo), which do not depend on the model. Workers run with MALLOC_MMAP_THRESHOLD_=65536
+(glibc): allocations of 64 KiB and more are mmap'd, so a freed tensor leaves the resident set at once
+and the peak follows live tensors rather than what the allocator keeps cached. Every rank builds the
+whole fp32 model before sharding it, so under FSDP the peak includes one full copy of the weights.
+Prints a markdown table; exits 1 if a run fails.
 """
 
 from __future__ import annotations
@@ -27,300 +27,85 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    # Launched by path (torchrun benches/fsdp_cpu.py): put the repository root on sys.path.
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 REPO = Path(__file__).resolve().parent.parent
-MODES = ("ddp", "fsdp", "fsdp-ac")
+MODES = {"ddp": [], "fsdp": ["--fsdp"], "fsdp-ac": ["--fsdp", "--activation-checkpointing"]}
+MIB = 2**20
 
 
-def _status_mib(field: str) -> float | None:
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
+def write_shards(folder: Path, vocab: int, tokens: int) -> None:
+    import numpy as np
+
+    sys.path.insert(0, str(REPO))
+    from gpt.shards import write_shard
+
+    rng = np.random.default_rng(0)
+    write_shard(folder / "train_000001.bin", rng.integers(0, vocab, tokens), vocab_size=vocab)
 
 
-def held_rss_mib() -> float | None:
-    """The resident size once glibc has returned the free memory it keeps (malloc_trim; Linux/glibc)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-    return _status_mib("VmRSS")
-
-
-def peak_rss_mib() -> float:
-    peak = _status_mib("VmHWM")
-    if peak is not None:
-        return peak
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-# ---------------------------------------------------------------------------------------------- worker
-
-
-def batches(cfg, world: int, rank: int, step: int, grad_accum: int, vocab: int):
-    """This rank's micro-batches of global step `step`: a seeded function of the step alone, so every
-    mode and every world size sees the same global batch, split the way gpt.data splits it (rank r takes
-    rows r*B .. r*B+B-1 of each micro-step). Learnable: each token is the previous one plus 1..4 (mod
-    vocab), so the loss falls from ln(vocab) towards ln 4 and the runs compare a moving curve."""
-    import torch
-
-    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-    rows = cfg.batch_size * world
-    start = torch.randint(0, vocab, (grad_accum, rows, 1), generator=generator)
-    jumps = torch.randint(1, 5, (grad_accum, rows, cfg.seq_len), generator=generator)
-    tokens = torch.cat([start, start + jumps.cumsum(-1)], dim=-1) % vocab
-    mine = tokens[:, rank * cfg.batch_size : (rank + 1) * cfg.batch_size]
-    return [(m[:, :-1], m[:, 1:]) for m in mine]
-
-
-def build(cfg, vocab: int, mode: str, seed: int):
-    import torch
-
-    from gpt.fsdp import FSDPOptions, shard_model
-    from gpt.model import GPT, GPTConfig
-
-    torch.manual_seed(seed)
-    config = GPTConfig(
-        block_size=cfg.seq_len, vocab_size=vocab, n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd
-    )
-    raw = GPT(config)
-    if mode == "ddp":
-        model = torch.nn.parallel.DistributedDataParallel(raw)
-    else:
-        model = shard_model(raw, FSDPOptions(activation_checkpointing=mode == "fsdp-ac"))
-    optimizer = raw.configure_optimizers(
-        weight_decay=cfg.weight_decay,
-        learning_rate=cfg.max_lr,
-        betas=(cfg.beta1, cfg.beta2),
-        eps=cfg.eps,
-        device_type="cpu",
-    )
-    return raw, model, optimizer
-
-
-def train_step(cfg, model, optimizer, micro_batches, step: int) -> tuple[float, float]:
-    """One optimizer step as gpt.train takes it; returns (mean loss over ranks, pre-clip grad norm)."""
-    import torch
-    import torch.distributed as dist
-
-    from gpt.fsdp import clip_grad_norm, gradient_sync
-    from gpt.train import lr_at
-
-    optimizer.zero_grad(set_to_none=True)
-    loss_sum = torch.zeros(())
-    for i, (x, y) in enumerate(micro_batches):
-        with gradient_sync(model, enabled=i == len(micro_batches) - 1):
-            _, loss = model(x, y)
-            (loss / len(micro_batches)).backward()
-        loss_sum += loss.detach()
-    loss_mean = loss_sum / len(micro_batches)
-    dist.all_reduce(loss_mean)
-    loss_mean /= dist.get_world_size()
-    norm = clip_grad_norm(model, cfg.grad_clip)
-    for group in optimizer.param_groups:
-        group["lr"] = lr_at(step, cfg)
-    optimizer.step()
-    return loss_mean.item(), norm.item()
-
-
-def cmd_worker(args) -> int:
-    import torch
-    import torch.distributed as dist
-
-    from gpt.config import TrainConfig, load_preset
-    from gpt.fsdp import full_model_state_dict, load_sharded, save_sharded
-
-    torch.set_num_threads(args.threads)
-    baseline = _status_mib("VmRSS")
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    cfg = TrainConfig(**load_preset(args.preset))
-    vocab = args.vocab_size or cfg.vocab_size or 2048
-    if args.batch_size or args.seq_len:
-        cfg.batch_size = args.batch_size or cfg.batch_size
-        cfg.seq_len = args.seq_len or cfg.seq_len
-        cfg.total_batch_size = cfg.batch_size * cfg.seq_len * world
-    if args.total_batch_size:
-        cfg.total_batch_size = args.total_batch_size
-    grad_accum, rest = divmod(cfg.total_batch_size, cfg.batch_size * cfg.seq_len * world)
-    if rest or grad_accum < 1:
-        raise ValueError(f"total batch {cfg.total_batch_size} is not a multiple of B*T*world")
-    resume_at = args.resume_at if args.mode != "ddp" else None
-    if resume_at is not None and not 0 < resume_at < args.steps:
-        raise ValueError(f"--resume-at must be between 1 and --steps - 1, got {resume_at}")
-
-    raw, model, optimizer = build(cfg, vocab, args.mode, cfg.seed)
-    after_setup = held_rss_mib()
-    losses, norms = [], []
-    started = time.perf_counter()
-    for step in range(args.steps):
-        if step == resume_at:
-            # Save, then continue in a model and optimizer built from another seed: the next losses are
-            # those of an uninterrupted run only if the load restored every parameter and moment.
-            save_sharded(args.checkpoint, model, optimizer)
-            dist.barrier()
-            raw, model, optimizer = build(cfg, vocab, args.mode, cfg.seed + 1)
-            load_sharded(args.checkpoint, model, optimizer)
-        micro = batches(cfg, world, rank, step, grad_accum, vocab)
-        loss, norm = train_step(cfg, model, optimizer, micro, step)
-        losses.append(loss)
-        norms.append(norm)
-    seconds = time.perf_counter() - started
-    after_steps, peak = held_rss_mib(), peak_rss_mib()  # before the full state dict is gathered
-    if args.checkpoint and resume_at is None and args.mode != "ddp":
-        save_sharded(args.checkpoint, model, optimizer)
-    full = full_model_state_dict(model) if args.mode != "ddp" else raw.state_dict()
-    # What this rank holds: all of every parameter under DDP, its shard under FSDP.
-    local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in model.parameters())
-    peaks = [None] * world
-    mine = {
-        "baseline_rss_mib": baseline,
-        "peak_rss_mib": peak,
-        "after_setup_rss_mib": after_setup,
-        "after_steps_rss_mib": after_steps,
-        "local_params": local,
-    }
-    dist.all_gather_object(peaks, mine)
-    if rank == 0:
-        from bpe_fast.files import atomic_path, atomic_write_json
-
-        record = {
-            "mode": args.mode,
-            "world_size": world,
-            "preset": args.preset,
-            "vocab_size": vocab,
-            "grad_accum": grad_accum,
-            "params": sum(p.numel() for p in raw.parameters()),
-            "losses": losses,
-            "grad_norms": norms,
-            "seconds": seconds,
-            "ranks": peaks,
-            "torch": torch.__version__,
-        }
-        if args.state:
-            with atomic_path(args.state) as temp_name:
-                torch.save({k: v.detach().clone() for k, v in full.items()}, temp_name)
-        atomic_write_json(args.out, record)
-    dist.destroy_process_group()
-    return 0
-
-
-# ---------------------------------------------------------------------------------------------- memory
-
-
-def run_worker(mode: str, out: Path, extra: list[str], nproc: int = 2, timeout: float = 600):
-    """Launches the worker under torchrun (standalone, `nproc` gloo ranks); returns its JSON record."""
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+def run_mode(mode: str, args, shards: Path, work: Path) -> list[dict]:
+    """One gpt.train launch; returns each rank's record (gpu_scale.py train's rank{R}.json)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "python"), str(REPO)])}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
-    # glibc serves allocations of 64 KiB and more with mmap, so a freed tensor leaves the resident set at
-    # once and VmHWM follows the live tensors, not what the allocator keeps cached (which at the default,
-    # adaptive threshold made FSDP's peak look like DDP's).
     env.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
+    peak_dir = work / mode / "peak"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-        str(REPO / "benches" / "fsdp_cpu.py"), "worker", "--mode", mode, "--out", str(out), *extra,
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+        str(REPO / "benches" / "gpu_scale.py"), "train", "--peak-dir", str(peak_dir), "--",
+        "--preset", args.preset, "--vocab-size", str(args.vocab_size), "--max-steps", str(args.steps),
+        "--data", str(shards), "--out", str(work / mode / "out"), "--device", "cpu", "--threads",
+        str(args.threads), "--val-every", "0", "--sample-every", "0", "--no-tensorboard", *MODES[mode],
     ]  # fmt: skip
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=args.timeout)
     if result.returncode != 0:
-        raise RuntimeError(f"{mode} worker failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return json.loads(out.read_text())
-
-
-def cmd_memory(args) -> int:
-    extra = ["--preset", args.preset, "--steps", str(args.steps), "--threads", str(args.threads)]
-    for flag in ("vocab_size", "batch_size", "seq_len"):
-        if getattr(args, flag):
-            extra += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
-    lines = [
-        "| mode | ranks | params | steps | s | peak RSS MiB per rank | held after setup | held after steps |",
-        "|---|---:|---:|---:|---:|---|---|---|",
-    ]
-
-    def per_rank(record, key):
-        return " / ".join(f"{r[key] - r['baseline_rss_mib']:.0f}" for r in record["ranks"])
-
-    with tempfile.TemporaryDirectory() as tmp:
-        for mode in args.modes:
-            record = run_worker(mode, Path(tmp) / f"{mode}.json", extra, nproc=args.nproc)
-            lines.append(
-                f"| {mode} | {record['world_size']} | {record['params'] / 1e6:.2f}M | {args.steps} | "
-                f"{record['seconds']:.1f} | {per_rank(record, 'peak_rss_mib')} | "
-                f"{per_rank(record, 'after_setup_rss_mib')} | {per_rank(record, 'after_steps_rss_mib')} |"
-            )
-            print(f"{mode}: final loss {record['losses'][-1]:.4f}", file=sys.stderr, flush=True)
-    baseline = record["ranks"][0]["baseline_rss_mib"]
-    lines.append(
-        f"\nMiB per rank (rank 0 / rank 1) above the baseline after imports ({baseline:.0f} MiB); held: "
-        "resident after malloc_trim."
+        raise RuntimeError(
+            f"{mode} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
+    print(
+        f"{mode}: {[line for line in result.stdout.splitlines() if line.startswith('step')][-1]}",
+        file=sys.stderr,
     )
-    print("\n".join(lines))
-    return 0
+    return [json.loads(p.read_text()) for p in sorted(peak_dir.glob("rank*.json"))]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    worker = sub.add_parser("worker", help="one run under torchrun (gloo); rank 0 writes --out")
-    worker.add_argument(
-        "--mode", choices=MODES, required=True, help="ddp, fsdp, or fsdp with activation checkpointing"
-    )
-    worker.add_argument(
-        "--out", type=Path, required=True, help="JSON record: losses, grad norms, peak RSS per rank"
-    )
-    worker.add_argument(
-        "--preset", default="tiny-cpu", help="gpt.train preset giving the shape and optimizer settings"
-    )
-    worker.add_argument("--vocab-size", type=int, help="vocabulary (default: the preset's, else 2048)")
-    worker.add_argument("--batch-size", type=int, help="micro-batch B (default: the preset's)")
-    worker.add_argument("--seq-len", type=int, help="sequence length T (default: the preset's)")
-    worker.add_argument(
-        "--total-batch-size",
-        type=int,
-        help="tokens per step (default: the preset's; B*T*world when --batch-size/--seq-len are given)",
-    )
-    worker.add_argument("--steps", type=int, default=10, help="optimizer steps")
-    worker.add_argument("--threads", type=int, default=1, help="torch threads per rank")
-    worker.add_argument(
-        "--checkpoint",
-        type=Path,
-        help="FSDP: write a sharded checkpoint here (at the end, or at --resume-at)",
-    )
-    worker.add_argument(
-        "--resume-at", type=int, help="FSDP: at this step save, rebuild from another seed, load, continue"
-    )
-    worker.add_argument(
-        "--state", type=Path, help="rank 0 writes the final full (unsharded) state dict here (torch.save)"
-    )
-    memory = sub.add_parser("memory", help="peak RSS per rank for each mode (a markdown table)")
-    memory.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="modes to measure")
-    memory.add_argument("--preset", default="tiny-cpu", help="gpt.train preset")
-    memory.add_argument("--vocab-size", type=int, help="vocabulary (default: the preset's, else 2048)")
-    memory.add_argument("--batch-size", type=int, help="micro-batch B (default: the preset's)")
-    memory.add_argument("--seq-len", type=int, help="sequence length T (default: the preset's)")
-    memory.add_argument("--steps", type=int, default=10, help="optimizer steps per run")
-    memory.add_argument("--nproc", type=int, default=2, help="ranks")
-    memory.add_argument("--threads", type=int, default=1, help="torch threads per rank")
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES), help="what to run")
+    parser.add_argument("--preset", default="tiny-cpu", help="gpt.train preset (default tiny-cpu)")
+    parser.add_argument("--vocab-size", type=int, default=2048, help="vocabulary of the random shards")
+    parser.add_argument("--steps", type=int, default=10, help="optimizer steps per run (default 10)")
+    parser.add_argument("--nproc", type=int, default=2, help="ranks (default 2)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per rank (default 1)")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds per run (default 900)")
     args = parser.parse_args(argv)
-    if args.command == "worker" and args.resume_at is not None and args.checkpoint is None:
-        parser.error("--resume-at needs --checkpoint")
-    return {"worker": cmd_worker, "memory": cmd_memory}[args.command](args)
+    rows = [
+        "| mode | ranks | peak RSS MiB per rank | peak above the baseline MiB per rank |",
+        "|---|---:|---|---|",
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        from benches.gpu_scale import cmd_train  # noqa: F401  (fails early if the driver is missing)
+
+        tokens = (args.steps + 2) * 1024 * 1024  # more than any preset's steps read
+        write_shards(work / "shards", args.vocab_size, min(tokens, 4_000_000))
+        baseline = None
+        for mode in args.modes:
+            ranks = run_mode(mode, args, work / "shards", work)
+            baseline = ranks[0]["baseline_rss_bytes"]
+
+            peak = " / ".join(f"{r['peak_rss_bytes'] / MIB:.0f}" for r in ranks)
+            added = " / ".join(f"{(r['peak_rss_bytes'] - r['baseline_rss_bytes']) / MIB:.0f}" for r in ranks)
+            rows.append(f"| {mode} | {len(ranks)} | {peak} | {added} |")
+    print("\n".join(rows))
+    print(
+        f"\nBaseline: the resident size after imports (rank 0: {baseline / MIB:.0f} MiB). {args.preset}, vocab "
+        f"{args.vocab_size}, {args.steps} steps, fp32, gloo; ranks listed 0 / 1 / ..."
+    )
+    return 0
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
     sys.exit(main())

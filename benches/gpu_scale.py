@@ -8,7 +8,8 @@ memory per rank, and the summary (JSON + markdown) of all runs.
 
 `train` runs gpt.train in this process (so it works with any flags gpt.train accepts, --fsdp included
 once the trainer has it) and then writes this rank's peak memory to D/rank{R}.json: on CUDA
-torch.cuda.max_memory_allocated / max_memory_reserved, on CPU the process's VmHWM (peak resident set).
+torch.cuda.max_memory_allocated / max_memory_reserved, on CPU the process's VmHWM (peak resident set)
+and VmRSS at the end, with the resident size before gpt.train started (baseline_rss_bytes).
 `summary` reads WORK/MODE/log.jsonl, WORK/MODE/peak/rank*.json and WORK/MODE/status for every mode and
 prints, per mode, median tokens/s, MFU and step time (after --skip warm-up steps), peak memory and the
 loss; with --out it also writes gpu_scale.json and gpu_scale.md there. It exits 1 when a mode failed, a
@@ -60,15 +61,27 @@ def cmd_shards(args) -> int:
     return 0
 
 
-def _vm_hwm_bytes() -> int | None:
+def _status_bytes(field: str) -> int | None:
+    """A size line of /proc/self/status (VmHWM: peak resident set, VmRSS: resident now), in bytes."""
     try:
         with open("/proc/self/status", encoding="ascii") as status:
             for line in status:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return None
+
+
+def _held_rss_bytes() -> int | None:
+    """The resident size once glibc has handed back the free memory it keeps (malloc_trim)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    return _status_bytes("VmRSS")
 
 
 def peak_memory() -> dict:
@@ -82,19 +95,22 @@ def peak_memory() -> dict:
             "max_allocated_bytes": torch.cuda.max_memory_allocated(device),
             "max_reserved_bytes": torch.cuda.max_memory_reserved(device),
         }
-    return {"device": "cpu", "peak_rss_bytes": _vm_hwm_bytes()}
+    return {"device": "cpu", "peak_rss_bytes": _status_bytes("VmHWM"), "end_rss_bytes": _held_rss_bytes()}
 
 
 def cmd_train(args) -> int:
     import os
 
-    import gpt.train
+    import torch.distributed.checkpoint  # noqa: F401  (what --fsdp imports, in the baseline for every mode)
+    import torch.distributed.fsdp  # noqa: F401
 
-    status = gpt.train.main(args.train_args)
-    rank = int(os.environ.get("RANK", "0"))
+    import gpt.train
     from bpe_fast.files import atomic_write_json
 
-    record = {"rank": rank, "status": status, **peak_memory()}
+    baseline = _status_bytes("VmRSS")  # torch, FSDP/DCP and gpt.train imported, nothing built yet
+    status = gpt.train.main(args.train_args)
+    rank = int(os.environ.get("RANK", "0"))
+    record = {"rank": rank, "status": status, "baseline_rss_bytes": baseline, **peak_memory()}
     Path(args.peak_dir).mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(args.peak_dir) / f"rank{rank}.json", record)
     return status

@@ -5,11 +5,18 @@ Layout of `OUT/ckpt_{step:07d}/`: `model.safetensors` (weights; the tied embeddi
 `torch.load(weights_only=True)`, which refuses any other pickle), `meta.json` (everything else as plain
 data: step, configs, data-loader position, RNG states, versions).
 
+A run with --fsdp writes the sharded layout instead: `meta.json` (with `"sharded": true`) and `sharded/`,
+torch.distributed.checkpoint's files (`.metadata` and one `__R_0.distcp` per rank: each rank's shards
+of the weights and AdamW moments), in place of model.safetensors and optimizer.pt. It resumes at any
+world size (DCP reshards), and `load_model` reads it into an ordinary GPT for gpt.sample / gpt.export.
+
 Writing goes through `bpe_fast.files.atomic_dir`: the folder is filled under a temp name owned by the
 writing process and renamed when complete; replacing a checkpoint of the same step parks the old one
 first, so a complete copy exists at every instant. `recover_checkpoints`, run when the same job starts
 again, finishes or undoes a replacement a crash interrupted and removes the temps of writers that died.
-Weights that are not finite are never written: nothing broken is marked complete.
+Weights that are not finite are never written: nothing broken is marked complete. A sharded checkpoint
+keeps the same rules: rank 0 owns the temp folder (its name carries rank 0's pid), every rank writes its
+shards into it, and rank 0 adds meta.json and renames it once every rank has finished.
 
 Loading checks every tensor against the model (a missing, unexpected, wrong-shaped or non-finite tensor
 is an error naming it) and the optimizer state against the parameters.
@@ -34,10 +41,13 @@ from safetensors.torch import save_model as save_safetensors_model
 
 from bpe_fast.cliutil import UserError, one_line
 from bpe_fast.files import TEMP_SUFFIX, DiskFullError, atomic_dir, is_disk_full, recover_dir
+from gpt.runtime import PeerFailed
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 META_FILE = "meta.json"
+SHARDED_DIR = "sharded"  # torch.distributed.checkpoint's files, in a checkpoint written with --fsdp
+SHARDED_INDEX = ".metadata"  # DCP's index of every rank's shards, written once all of them are
 _CKPT_NAME = re.compile(r"ckpt_(\d{7,})")
 # What atomic_dir leaves beside `ckpt_NNNNNNN` when interrupted: `.ckpt_NNNNNNN.<owner>.bpefast-tmp`.
 _CKPT_TEMP = re.compile(r"\.(ckpt_\d{7,})\..*" + re.escape(TEMP_SUFFIX))
@@ -64,9 +74,12 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def first_non_finite(model: torch.nn.Module) -> Optional[str]:
-    """The name of the first parameter holding a NaN or an infinity, or None when all are finite."""
+    """The name of the first parameter holding a NaN or an infinity, or None when all are finite. For a
+    sharded (FSDP) model only this rank's shards are looked at: no communication, so ranks may differ
+    and must combine their answers (gpt.train does)."""
     for name, param in unwrap_model(model).named_parameters():
-        if not torch.isfinite(param.detach()).all():
+        local = param.to_local() if hasattr(param, "to_local") else param
+        if not torch.isfinite(local.detach()).all():
             return name
     return None
 
@@ -124,17 +137,138 @@ def recover_checkpoints(out_dir: str | os.PathLike) -> list[str]:
     return found
 
 
+# ------------------------------------------------------------------------------------ sharded writing
+
+
+def _collective_device() -> torch.device:
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _on_any_rank(flag: bool) -> bool:
+    import torch.distributed as dist
+
+    value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=_collective_device())
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def _from_rank0(value):
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _disk_full_file(error: BaseException, written: Path, final: Path) -> Path:
+    """Where the shard file that ran out of space will live (`final`/sharded/NAME), from the first
+    failure a DCP error names with its file under `written`; else `final`/sharded."""
+    causes = [f[0] if isinstance(f, tuple) else f for f in getattr(error, "failures", {}).values()]
+    for cause in [*causes, error]:
+        name = getattr(cause, "filename", None)
+        if is_disk_full(cause) and name and Path(name).parent == written:
+            return final / SHARDED_DIR / Path(name).name
+    return final / SHARDED_DIR
+
+
+def _write_shards(folder: Path, final: Path, model: torch.nn.Module, optimizer) -> None:
+    """Every rank writes its shards into `folder`/sharded (collective); all ranks learn whether every
+    rank succeeded, and those that failed raise their own error (a full disk as DiskFullError)."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from gpt.fsdp import save_sharded
+
+    error: Optional[BaseException] = None
+    try:
+        save_sharded(folder / SHARDED_DIR, model, optimizer)
+    except (Exception, CheckpointException) as failure:  # DCP's is a BaseException
+        error = failure
+    if not _on_any_rank(error is not None):
+        return
+    if error is None:
+        raise PeerFailed
+    if is_disk_full(error):
+        raise DiskFullError(_disk_full_file(error, folder / SHARDED_DIR, final), error) from error
+    raise error
+
+
+def save_sharded_checkpoint(
+    out_dir: str | os.PathLike, model: torch.nn.Module, optimizer, meta: dict
+) -> Path:
+    """Writes `out_dir/ckpt_{meta['step']:07d}` in the sharded layout (module notes) and returns its path.
+
+    A collective: every rank of the FSDP job calls it with the same `out_dir` and step, and `out_dir`
+    is one folder for all ranks (shared storage across nodes). Rank 0 makes the temp folder and tells
+    the others its name; each rank writes its shards; rank 0 then writes meta.json and renames the folder.
+    Every rank returns only once the checkpoint is complete, or raises: non-finite weights on any rank
+    (NonFiniteWeightsError, nothing written), and any rank's failure, which rank 0 raises (a full disk as
+    DiskFullError naming the file) while the others raise PeerFailed, so the job reports it once. Nothing
+    partial is left: the temp folder goes, a checkpoint of the same step being replaced stays.
+    """
+    import torch.distributed as dist
+
+    final = Path(out_dir) / f"ckpt_{int(meta['step']):07d}"
+    meta_text = json.dumps({**meta, "sharded": True}, indent=1, sort_keys=True, allow_nan=False)
+    bad = first_non_finite(model)
+    if _on_any_rank(bad is not None):
+        raise NonFiniteWeightsError(
+            f"weight {bad or '(on another rank)'} is not finite: checkpoint at step {meta.get('step')} not written"
+        )
+    failure: Optional[BaseException] = None
+    if dist.get_rank() == 0:
+        told = done = False
+        try:
+            with atomic_dir(final) as folder:
+                _from_rank0(str(folder))
+                told = True
+                _write_shards(folder, final, model, optimizer)
+                _write_or_explain(
+                    final / META_FILE, lambda: (folder / META_FILE).write_text(meta_text, encoding="utf-8")
+                )
+            done = True
+        except BaseException as error:  # every rank hears of it below, so none waits forever
+            failure = error
+            if not told:
+                _from_rank0(None)
+        reports = failure is not None and not isinstance(failure, PeerFailed)
+        _from_rank0((done, reports))
+    else:
+        folder_name = _from_rank0(None)
+        if folder_name is not None:
+            try:
+                _write_shards(Path(folder_name), final, model, optimizer)
+            except BaseException as error:
+                failure = error
+        done, reports = _from_rank0(None)
+        if not done and (reports or failure is None):
+            failure = PeerFailed()  # rank 0 says why, once
+    if not done:
+        raise failure if failure is not None else PeerFailed()
+    return final
+
+
 # ---------------------------------------------------------------------------------------------- finding
 
 
+def is_sharded(meta: dict) -> bool:
+    """Whether a checkpoint's meta says it was written in the sharded layout (by a --fsdp run)."""
+    return bool(meta.get("sharded"))
+
+
 def _is_complete(ckpt_dir: Path) -> bool:
-    if not all((ckpt_dir / name).is_file() for name in (MODEL_FILE, OPTIMIZER_FILE, META_FILE)):
-        return False
     try:
         meta = json.loads((ckpt_dir / META_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return isinstance(meta, dict) and "step" in meta
+    if not (isinstance(meta, dict) and "step" in meta):
+        return False
+    if is_sharded(meta):
+        return (ckpt_dir / SHARDED_DIR / SHARDED_INDEX).is_file()
+    return all((ckpt_dir / name).is_file() for name in (MODEL_FILE, OPTIMIZER_FILE))
 
 
 def list_checkpoints(out_dir: str | os.PathLike) -> list[Path]:
@@ -262,10 +396,62 @@ def load_checkpoint(
             f"{ckpt_dir}: not a complete checkpoint (needs {MODEL_FILE}, {OPTIMIZER_FILE}, {META_FILE})"
         )
     meta = read_meta(ckpt_dir)
+    if is_sharded(meta):
+        raise CheckpointError(
+            f"{ckpt_dir}: a sharded checkpoint (written with --fsdp): resume it with --fsdp, or load it "
+            "with load_model"
+        )
     load_weights(ckpt_dir / MODEL_FILE, unwrap_model(model), device=device)
     if optimizer is not None:
         load_optimizer_state(ckpt_dir / OPTIMIZER_FILE, model, optimizer, device=device)
     return meta
+
+
+def _dcp_failure(error: BaseException) -> str:
+    """One line from a torch.distributed.checkpoint error: the first rank's own exception."""
+    for failure in getattr(error, "failures", {}).values():
+        cause = failure[0] if isinstance(failure, tuple) else failure
+        return one_line(cause)
+    return one_line(error)
+
+
+def load_sharded_checkpoint(ckpt_dir: str | os.PathLike, model: torch.nn.Module, optimizer=None) -> dict:
+    """Loads a sharded checkpoint into a sharded (FSDP) model and optimizer, at any world size; returns
+    the meta dict. A collective: every rank calls it with the same `ckpt_dir`."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from gpt.fsdp import load_sharded
+
+    ckpt_dir = Path(ckpt_dir)
+    if not _is_complete(ckpt_dir):
+        raise CheckpointError(f"{ckpt_dir}: not a complete checkpoint (needs {META_FILE} and {SHARDED_DIR}/)")
+    meta = read_meta(ckpt_dir)
+    if not is_sharded(meta):
+        raise CheckpointError(
+            f"{ckpt_dir}: not a sharded checkpoint (written without --fsdp): resume it without --fsdp"
+        )
+    try:
+        load_sharded(ckpt_dir / SHARDED_DIR, model, optimizer)
+    except CheckpointException as e:
+        raise CheckpointError(f"{ckpt_dir / SHARDED_DIR}: {_dcp_failure(e)}") from None
+    return meta
+
+
+def load_sharded_weights(ckpt_dir: Path, model: torch.nn.Module) -> None:
+    """The weights of a sharded checkpoint into an ordinary GPT, in this process alone; a missing,
+    wrong-shaped or non-finite tensor is a CheckpointError naming it."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from gpt.fsdp import load_full_model_state
+
+    where = ckpt_dir / SHARDED_DIR
+    try:
+        load_full_model_state(where, model)
+    except (CheckpointException, RuntimeError, ValueError, OSError) as e:
+        raise CheckpointError(f"{where}: cannot load the weights: {_dcp_failure(e)}") from None
+    bad = first_non_finite(model)
+    if bad is not None:
+        raise CheckpointError(f"{where}: tensor {bad} holds NaN or infinite values")
 
 
 def load_model(ckpt_dir: str | os.PathLike, device="cpu"):
@@ -281,7 +467,12 @@ def load_model(ckpt_dir: str | os.PathLike, device="cpu"):
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{ckpt_dir / META_FILE}: bad model_config: {e}") from e
     model = GPT(config)
-    load_checkpoint(ckpt_dir, model, None, device="cpu")
+    if is_sharded(meta):
+        if not _is_complete(ckpt_dir):
+            raise CheckpointError(f"{ckpt_dir}: not a complete checkpoint (no {SHARDED_DIR}/{SHARDED_INDEX})")
+        load_sharded_weights(ckpt_dir, model)
+    else:
+        load_checkpoint(ckpt_dir, model, None, device="cpu")
     return model.to(device).eval(), meta
 
 

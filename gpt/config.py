@@ -128,6 +128,15 @@ class TrainConfig:
         "auto", "'auto' (bfloat16 autocast on CUDA, float32 on CPU), 'bfloat16' or 'float32'", choices=DTYPES
     )
     compile: bool = _opt(False, "torch.compile the training forward/backward")
+    fsdp: bool = _opt(
+        False,
+        "shard parameters, gradients and optimizer state over the ranks (FSDP2; needs torchrun, even for "
+        "one process). With bf16 the weights are gathered in bf16 and gradients reduced in fp32. "
+        "Checkpoints are sharded: resume them with --fsdp (any world size); gpt.export/gpt.sample read them",
+    )
+    activation_checkpointing: bool = _opt(
+        False, "recompute each block's activations in backward: less memory, ~1/3 more compute"
+    )
     seed: int = _opt(1337, "seed for initialization, data shuffling and sampling", check=SEED)
     shuffle: bool = _opt(False, "shuffle shard order and document order each epoch (seeded)")
     peak_flops: typing.Optional[float] = _opt(
@@ -231,7 +240,7 @@ def _flag_type(name: str):
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="python -m gpt.train",
-        description="Train GPT-2 on token shards (single process, or under torchrun for DDP).",
+        description="Train GPT-2 on token shards (single process, or under torchrun for DDP, or FSDP with --fsdp).",
         argument_default=argparse.SUPPRESS,
     )
     parser.add_argument(

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -39,17 +40,10 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_state_dict,
-    set_model_state_dict,
-    set_state_dict,
-)
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor
 from torch.utils.checkpoint import checkpoint
+
+# torch.distributed.fsdp / .checkpoint / .tensor are imported where they are used: DTensor pulls in sympy,
+# seconds of start-up that a run without --fsdp (and every one-line CLI error) should not pay.
 
 TIED_KEY = "lm_head.weight"  # the same tensor as EMBEDDING_KEY
 EMBEDDING_KEY = "transformer.wte.weight"
@@ -75,12 +69,16 @@ class FSDPOptions:
     reshard_after_forward: free each block's gathered parameters after its forward and gather them again
         for backward (ZeRO-3 memory); False keeps them until backward (ZeRO-2 memory, less traffic). The
         root group (embeddings, tied head, ln_f) always stays gathered from forward to backward.
+    compile_blocks: torch.compile each transformer block (`Module.compile`, which keeps parameter names),
+        before sharding, so that FSDP's gathers and reduce-scatters stay outside the compiled graphs; the
+        way torchtitan compiles under FSDP2.
     """
 
     param_dtype: Optional[str] = None
     reduce_dtype: Optional[str] = "float32"
     activation_checkpointing: bool = False
     reshard_after_forward: bool = True
+    compile_blocks: bool = False
 
     def __post_init__(self):
         for name in ("param_dtype", "reduce_dtype"):
@@ -90,7 +88,10 @@ class FSDPOptions:
                     f"FSDPOptions.{name} must be one of {sorted(_DTYPES)} or None, not {value!r}"
                 )
 
-    def mixed_precision(self) -> MixedPrecisionPolicy:
+    def mixed_precision(self):
+        """The torch.distributed.fsdp.MixedPrecisionPolicy these options describe."""
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
         param = _DTYPES[self.param_dtype] if self.param_dtype else None
         reduce = _DTYPES[self.reduce_dtype] if self.reduce_dtype else None
         return MixedPrecisionPolicy(param_dtype=param, reduce_dtype=reduce)
@@ -118,6 +119,8 @@ def checkpoint_activations(model: torch.nn.Module) -> torch.nn.Module:
 def shard_model(model: torch.nn.Module, options: FSDPOptions = FSDPOptions(), mesh=None) -> torch.nn.Module:
     """Shards a gpt.model.GPT in place over `mesh` (default: all ranks of the default process group) and
     returns it. Call after moving the model to its device and before building the optimizer."""
+    from torch.distributed.fsdp import fully_shard
+
     if not dist.is_initialized():
         raise RuntimeError("shard_model needs torch.distributed initialised (run under torchrun)")
     if is_sharded(model):
@@ -125,6 +128,9 @@ def shard_model(model: torch.nn.Module, options: FSDPOptions = FSDPOptions(), me
     policy = options.mixed_precision()
     if options.activation_checkpointing:
         checkpoint_activations(model)
+    if options.compile_blocks:
+        for block in model.transformer.h:
+            block.compile()
     for block in model.transformer.h:
         fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=options.reshard_after_forward)
     # The root holds the embeddings, the tied head and ln_f. Its parameters stay gathered after forward:
@@ -134,7 +140,9 @@ def shard_model(model: torch.nn.Module, options: FSDPOptions = FSDPOptions(), me
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
-    return isinstance(model, FSDPModule)
+    """Whether `model` is FSDP-sharded (if torch's FSDP was never imported, nothing is)."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    return fsdp is not None and isinstance(model, fsdp.FSDPModule)
 
 
 @contextlib.contextmanager
@@ -151,7 +159,7 @@ def gradient_sync(model: torch.nn.Module, enabled: bool):
 
 def full_tensor(value: torch.Tensor) -> torch.Tensor:
     """A plain tensor from a DTensor (e.g. the grad norm FSDP's clip_grad_norm_ returns); others as is."""
-    return value.full_tensor() if isinstance(value, DTensor) else value
+    return value.full_tensor() if hasattr(value, "full_tensor") else value
 
 
 def grad_norm(model: torch.nn.Module) -> torch.Tensor:
@@ -177,6 +185,8 @@ def _untied(state: dict) -> dict:
 
 
 def _state(model: torch.nn.Module, optimizer) -> dict:
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
     if optimizer is None:
         return {"model": _untied(get_model_state_dict(model))}
     model_state, optimizer_state = get_state_dict(model, optimizer)
@@ -187,7 +197,9 @@ def save_sharded(directory: str | os.PathLike, model: torch.nn.Module, optimizer
     """Writes this rank's shards of the model (and optimizer) state into `directory` (collective).
 
     Not atomic by itself: the caller writes into a temporary directory and renames it on rank 0 after a
-    barrier (what gpt.checkpoint does for DDP checkpoints)."""
+    barrier: gpt.checkpoint.save_sharded_checkpoint, what gpt.train --fsdp writes checkpoints with."""
+    import torch.distributed.checkpoint as dcp
+
     directory = Path(directory)
     dcp.save(_state(model, optimizer), checkpoint_id=str(directory))
     return directory
@@ -195,6 +207,9 @@ def save_sharded(directory: str | os.PathLike, model: torch.nn.Module, optimizer
 
 def load_sharded(directory: str | os.PathLike, model: torch.nn.Module, optimizer=None) -> None:
     """Loads what `save_sharded` wrote into a sharded model (and optimizer), at any world size (collective)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
+
     state = _state(model, optimizer)
     dcp.load(state, checkpoint_id=str(directory))
     model_state = dict(state["model"])
@@ -208,12 +223,16 @@ def load_sharded(directory: str | os.PathLike, model: torch.nn.Module, optimizer
 def full_model_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The unsharded model state dict on CPU, on rank 0 (empty on other ranks); a collective.
     Keys and shapes are those of an unwrapped GPT's `state_dict()`, the tied head included."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def load_full_model_state(directory: str | os.PathLike, model: torch.nn.Module) -> None:
     """Reads the model part of a sharded checkpoint into an ordinary (unsharded) GPT in this process
     alone, with no process group: for sampling and export."""
+    import torch.distributed.checkpoint as dcp
+
     state = _untied(model.state_dict())
     with warnings.catch_warnings():
         # no_dist=True says so already; DCP still warns that it "assumes" a single process.

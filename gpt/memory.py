@@ -10,9 +10,9 @@ Training state. The trainer keeps the parameters in fp32 and trains in bf16 *aut
 separate fp32 master copy, the fp32 parameters are the master weights, and autocast makes bf16 copies
 of the matmul weights on the fly. So per parameter:
     parameters 4, gradients 4, AdamW exp_avg 4 + exp_avg_sq 4                     = 16 bytes
-    DDP (replicated):  16 N on every rank, plus DDP's gradient buckets (a second fp32 copy of the
-                       gradients, 4 N, because gpt.train does not pass gradient_as_bucket_view=True) and,
-                       with bf16 autocast, the bf16 weight copies saved for backward (2 N).
+    DDP (replicated):  16 N on every rank, plus, with bf16 autocast, the bf16 weight copies saved for
+                       backward (2 N). DDP's all-reduce buckets add nothing: gpt.train passes
+                       gradient_as_bucket_view=True, so the gradients live in the buckets.
     FSDP (sharded):    16 N / R, plus the working set of unsharded tensors: the block being computed
                        and the one prefetched (2 blocks), each gathered in the compute dtype (2 bytes/param
                        in bf16) with its unsharded gradient (2 bytes) and the fp32 copy reduced (4 bytes),
@@ -23,8 +23,8 @@ Activations (eager PyTorch, no dropout, bf16 autocast: matmul inputs and outputs
 stream and LayerNorm inputs in fp32; see `block_activation_bytes` for the tensor-by-tensor count):
     per block           36 B T d   (64 B T d in fp32)
     embeddings, ln_f     6 B T d   (8 in fp32)
-    loss                 4 B T V saved (fp32 log-softmax) + 8 B T V more at its backward, and the
-                         bf16 logits (2 B T V) that forward returns
+    loss                 4 B T V saved (fp32 log-softmax) + 8 B T V more at its backward (the
+                         logits forward returns are dropped before backward: gpt.train keeps the loss only)
     activation checkpointing keeps only each block's fp32 input (4 B T d per block) and recomputes one
     block at a time in backward (36 B T d once).
 torch.compile (the GPT-2 presets turn it on) fuses much of this, notably the loss, so measured peaks
@@ -38,7 +38,6 @@ from dataclasses import dataclass
 
 GIB = 2**30
 BYTES_PER_PARAM_STATE = {"parameters": 4, "gradients": 4, "optimizer": 8}  # fp32 params, grads, AdamW m + v
-DDP_BUCKET_BYTES = 4  # DDP's reducer keeps its own fp32 gradient buckets
 AUTOCAST_COPY_BYTES = 2  # bf16 copy of each matmul weight, saved by autograd for backward
 FSDP_PREFETCHED_BLOCKS = 2  # the block being computed and the next one, gathered ahead
 DEFAULT_PRESETS = ("gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1558m")
@@ -114,8 +113,8 @@ def activation_bytes(shape: Shape, batch: int, checkpointing: bool, bf16: bool =
     d, vocab = shape.n_embd, shape.vocab_size
     outer = (6 if bf16 else 8) * tokens * d  # ln_f input (fp32) and the LM head's input
     # The loss: fp32 log-probabilities saved (4 V) plus, at their backward, their gradient and the
-    # logits' gradient (8 V); and the bf16 logits that forward returns (2 V, 4 in fp32).
-    loss = (4 + 8 + (2 if bf16 else 4)) * tokens * vocab
+    # logits' gradient (8 V). The logits forward returns are not kept (gpt.train.train_step).
+    loss = (4 + 8) * tokens * vocab
     one_block = block_activation_bytes(tokens, d, bf16)
     if checkpointing:
         blocks = shape.n_layer * 4 * tokens * d + one_block  # fp32 block inputs + one block recomputed
@@ -133,7 +132,7 @@ class RankMemory:
     parameters: int
     gradients: int
     optimizer: int
-    working: int  # DDP: buckets + autocast copies; FSDP: unsharded working set
+    working: int  # DDP: autocast's bf16 weight copies; FSDP: the unsharded working set
     activations: int
     activations_checkpointed: int
 
@@ -162,8 +161,7 @@ def rank_memory(
     n = parameter_count(shape)
     if strategy == "ddp":
         shards = 1
-        buckets = DDP_BUCKET_BYTES * n if ranks > 1 else 0  # one process runs without the DDP wrapper
-        working = buckets + (AUTOCAST_COPY_BYTES * n if bf16 else 0)
+        working = AUTOCAST_COPY_BYTES * n if bf16 else 0  # DDP's buckets hold the gradients themselves
     else:
         shards = ranks
         gathered = 2 if bf16 else 4  # compute dtype of the gathered parameters and of their gradients
@@ -229,8 +227,9 @@ def markdown_table(presets, ranks, gpu_gib: float, bf16: bool = True) -> str:
     legend = (
         f"\nGiB per rank, {precision}, eager PyTorch (torch.compile usually needs less). T = the preset's "
         "seq_len; B = the preset's micro-batch, lowered when ranks x B x T would exceed the preset's tokens "
-        "per step. other: DDP's gradient buckets (none for 1 rank, which runs without DDP) and autocast's "
-        "bf16 weight copies; FSDP's gathered blocks and root group. AC: activation checkpointing. "
+        "per step. other: DDP: autocast's bf16 weight copies (DDP's all-reduce buckets are the gradients "
+        "themselves, gradient_as_bucket_view); FSDP: the gathered blocks and root group. AC: activation "
+        "checkpointing. "
         f"Largest B: the largest power of two whose total fits {gpu_gib:g} GiB (an 80 GB H100 reports "
         f"{H100_GIB} GiB; keep ~10% headroom for the CUDA context and fragmentation); 0: not even B=1.\n"
     )

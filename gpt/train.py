@@ -2,21 +2,23 @@
 
 One process per device; under torchrun each rank reads its slice of every global batch and gradients
 are averaged by DDP (nccl on CUDA, gloo on CPU), synchronized only on the last micro-step of the
-gradient accumulation. Checkpoints every N steps, at the last step and on SIGTERM; `--resume`
-continues the same loss curve. See `--help` for every flag and gpt/presets/ for the presets.
+gradient accumulation. With `--fsdp` the model is sharded instead (FSDP2, gpt.fsdp): each rank keeps
+1/world of the parameters, gradients and AdamW state, and checkpoints are sharded. Checkpoints every N
+steps, at the last step and on SIGTERM; `--resume` continues the same loss curve. See `--help` for
+every flag and gpt/presets/ for the presets.
 
 The run, in the order `main` and `train` call its steps:
   start_runtime (gpt.runtime)   distributed job, device, precision, threads
-  prepare_out_dir               cleans up after killed checkpoint writers; refuses to mix two runs
+  prepare_out_dir               cleans up after killed checkpoint writers; refuses to mix two runs or
+                                two checkpoint layouts; rank 0 picks the checkpoint every rank resumes
   open_data                     shards, manifest, tokenizer, evaluation data; refuses bad data up front
-  build_model, resume           the model and optimizer, then the latest checkpoint's state
-  wrap_for_training             torch.compile and DDP around the plain model
+  build_model, resume           the model (sharded with --fsdp), its optimizer, then the checkpoint's state
+  wrap_for_training             torch.compile and DDP around the plain model (FSDP needs neither wrapper)
   run_loop                      evaluate (gpt.evaluation), train_step, log (gpt.trainlog), write_checkpoint
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import signal
@@ -38,26 +40,30 @@ from bpe_fast.cliutil import UserError, one_line, run_main  # noqa: E402
 from gpt import evaluation  # noqa: E402
 from gpt.checkpoint import (  # noqa: E402
     first_non_finite,
+    is_sharded,
     latest_checkpoint,
     load_checkpoint,
+    load_sharded_checkpoint,
+    read_meta,
     recover_checkpoints,
     rng_state,
     save_checkpoint,
+    save_sharded_checkpoint,
     set_rng_state,
 )
 from gpt.config import ConfigError, TrainConfig, config_to_dict, parse_config  # noqa: E402
-from gpt.data import (  # noqa: E402
-    ManifestError,
-    ShardError,
-    ShardLoader,
-    check_manifest,
-    list_shards,
-    read_manifest,
-)
-from gpt.manifest import tokenizer_sha256  # noqa: E402
+from gpt.data import ManifestError, ShardError, ShardLoader, ShardSet, open_shards, resolve_tokenizer  # noqa: E402
+from gpt.fsdp import clip_grad_norm, grad_norm, gradient_sync  # noqa: E402
 from gpt.model import GPT, GPTConfig, padded_vocab_size  # noqa: E402
-from gpt.runtime import Runtime, peak_flops_for, start_runtime, stop_runtime  # noqa: E402
-from gpt.tokenizer import eot_id, load_tokenizer  # noqa: E402
+from gpt.runtime import (  # noqa: E402
+    PeerFailed,
+    Runtime,
+    peak_flops_for,
+    start_runtime,
+    stop_runtime,
+    under_torchrun,
+)
+from gpt.tokenizer import eot_id  # noqa: E402
 from gpt.trainlog import LogWriter, format_eta  # noqa: E402
 
 PROG = "python -m gpt.train"
@@ -81,6 +87,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 class TrainData:
     """Everything the run reads: the loaders, the tokenizer (when something needs it) and eval data."""
 
+    shards: ShardSet
     train: ShardLoader
     val: Optional[ShardLoader]
     vocab_size: int  # embedding rows
@@ -91,84 +98,69 @@ class TrainData:
     hellaswag_examples: Optional[list] = None
 
 
-def choose_tokenizer(cfg: TrainConfig, manifest: dict | None, data_dir: Path) -> tuple[str, Any]:
-    """(spec, tokenizer or None). The spec is --tokenizer, else the manifest's (a vocab path is looked
-    for beside the manifest, then as written), else gpt2. The tokenizer is loaded only when something
-    needs it; a vocab the manifest names but that cannot be found is then an error, never replaced."""
-    recorded = manifest["tokenizer"] if manifest is not None else {}
+def open_tokenizer(cfg: TrainConfig, load: bool) -> tuple[str, Any]:
+    """(spec, tokenizer or None) from gpt.data.resolve_tokenizer, the one place that decides: the
+    manifest's vocab (found beside the manifest from any working directory, checked by sha256), or
+    --tokenizer (which must then be the manifest's), or gpt2 for shards without a manifest. Never a
+    substitute. The tokenizer is loaded only when `load`; the spec is "gpt2" or an absolute path."""
+    try:
+        return resolve_tokenizer(cfg.data, cfg.tokenizer, load=load)
+    except UserError:
+        raise
+    except ImportError as e:
+        raise UserError(
+            f"samples/HellaSwag/perplexity/shuffling need the tokenizer but bpe_fast is not importable ({e}); "
+            "build it (maturin develop) or pass --sample-every 0 and no --hellaswag/--eval-text"
+        ) from e
+    except (OSError, ValueError) as e:
+        raise UserError(f"tokenizer {cfg.tokenizer or 'of ' + str(cfg.data)}: {one_line(e)}") from e
+
+
+def open_data(cfg: TrainConfig, rt: Runtime) -> TrainData:
+    """The shards (every header read once, exactly the manifest's list: gpt.data.open_shards), the
+    tokenizer, the model's vocab checked against both, then the loaders and the evaluation data. This is
+    where bad data is refused, before the model exists."""
+    shards = open_shards(cfg.data, notify=rt.warn)
+    if not shards.has("train"):
+        listed = " listed in its manifest.json" if shards.manifest is not None else " there"
+        raise UserError(
+            f"--data {cfg.data}: no train_*.bin shards{listed}; make shards with python -m gpt.prepare "
+            "--out FOLDER, or point --data at such a folder"
+        )
+    recorded = shards.manifest["tokenizer"] if shards.manifest is not None else {}
     needed = (
         cfg.sample_every > 0
         or bool(cfg.hellaswag)
         or bool(cfg.eval_text)
         or (cfg.shuffle and "eot_id" not in recorded)
     )
-    spec = cfg.tokenizer or recorded.get("spec") or "gpt2"
-    if not cfg.tokenizer and spec != "gpt2":
-        found = next((p for p in (data_dir / spec, Path(spec)) if p.is_file()), None)
-        if found is not None:
-            spec = str(found.resolve())  # checkpoints then name it wherever gpt.sample runs from
-        elif needed:
-            raise UserError(
-                f"{data_dir / 'manifest.json'} names the tokenizer {spec}, which is not there (neither beside "
-                f"the manifest nor from {Path.cwd()}): pass --tokenizer with that vocab"
-            )
-    return spec, (open_tokenizer(spec) if needed else None)
-
-
-def open_tokenizer(spec: str):
-    try:
-        return load_tokenizer(spec)
-    except ImportError as e:
-        raise UserError(
-            f"samples/HellaSwag/perplexity/shuffling need the tokenizer {spec!r} but bpe_fast is not importable "
-            f"({e}); build it (maturin develop) or pass --sample-every 0 and no --hellaswag/--eval-text"
-        ) from e
-    except (OSError, ValueError) as e:
-        raise UserError(f"tokenizer {spec}: {one_line(e)}") from e
-
-
-def check_data_folder(data_dir: Path) -> None:
-    """A missing or empty --data is the user's to fix, in one line, before anything else is read."""
-    hint = "make shards with python -m gpt.prepare --out FOLDER, or point --data at such a folder"
-    if not data_dir.is_dir():
-        raise UserError(f"--data {data_dir}: no such folder; {hint}")
-    try:
-        list_shards(data_dir, "train")
-    except FileNotFoundError:
-        raise UserError(f"--data {data_dir}: no train_*.bin shards there; {hint}") from None
-
-
-def open_data(cfg: TrainConfig, rt: Runtime) -> TrainData:
-    """Manifest checks, tokenizer (only when something needs it), shard validation, then eval data.
-    This is where bad data is refused, before the model exists."""
-    data_dir = Path(cfg.data)
-    check_data_folder(data_dir)
-    manifest = read_manifest(data_dir)
-    recorded = manifest["tokenizer"] if manifest is not None else {}
-    tok_spec, tok = choose_tokenizer(cfg, manifest, data_dir)
+    tok_spec, tok = open_tokenizer(cfg, load=needed)
     real_vocab = recorded.get("vocab_size") or (tok.vocab_size if tok is not None else None)
     vocab_size = cfg.vocab_size or (padded_vocab_size(real_vocab) if real_vocab else 50304)
     if real_vocab is not None and real_vocab > vocab_size:
         raise UserError(
             f"the tokenizer's vocabulary of {real_vocab} exceeds the model's --vocab-size {vocab_size}"
         )
-    if manifest is not None:
-        check_manifest(
-            manifest,
-            data_dir,
-            model_vocab_size=vocab_size,
-            tokenizer_vocab_size=tok.vocab_size if tok is not None else None,
-            tokenizer_sha256=tokenizer_sha256(tok_spec) if tok is not None or cfg.tokenizer else None,
-        )
-    id_limit = real_vocab or vocab_size
+    shards.check_model(vocab_size, tokenizer_vocab_size=tok.vocab_size if tok is not None else None)
     tokenizer_record = None
-    if manifest is not None or cfg.tokenizer or tok is not None:
+    if shards.manifest is not None or cfg.tokenizer or tok is not None:
         tokenizer_record = {"spec": tok_spec, "vocab_size": real_vocab, "eot_id": recorded.get("eot_id")}
     eot = recorded.get("eot_id")
     if eot is None and cfg.shuffle:
         eot = eot_id_of(tok)  # document boundaries for shuffling
-    train, val = open_loaders(cfg, rt, data_dir, eot, id_limit)
-    data = TrainData(train, val, vocab_size, real_vocab, tok, tokenizer_record)
+    id_limit = real_vocab or vocab_size
+    train = ShardLoader(
+        shards, "train", cfg.batch_size, cfg.seq_len, rt.rank, rt.world, seed=cfg.seed, shuffle=cfg.shuffle,
+        eot_id=eot, vocab_size=id_limit, notify=rt.warn,
+    )  # fmt: skip
+    val = None
+    if cfg.val_every > 0 and shards.has("val"):
+        val = ShardLoader(
+            shards, "val", cfg.batch_size, cfg.seq_len, rt.rank, rt.world, vocab_size=id_limit, notify=rt.warn
+        )
+    elif cfg.val_every > 0:
+        rt.say(f"no val shards in {cfg.data}: validation disabled")
+    data = TrainData(shards, train, val, vocab_size, real_vocab, tok, tokenizer_record)
     data.eval_tokens = read_eval_text(cfg, tok)
     if cfg.hellaswag:
         from gpt.hellaswag import load_examples
@@ -182,35 +174,8 @@ def eot_id_of(tok) -> int:
     """The tokenizer's end-of-text id, which --shuffle needs when the manifest does not record it."""
     try:
         return eot_id(tok)
-    except ValueError as e:
+    except (UserError, ValueError) as e:
         raise UserError(f"--shuffle needs the end-of-text token: {one_line(e)}") from e
-
-
-def open_loaders(
-    cfg: TrainConfig, rt: Runtime, data_dir: Path, eot: Optional[int], id_limit: int
-) -> tuple[ShardLoader, Optional[ShardLoader]]:
-    """The train and val loaders. Opening one checks every shard's header, size and ids (the start-up
-    shard check: a bad shard is a ShardError naming it); too little data for one step is a UserError."""
-    try:
-        train = ShardLoader(
-            data_dir, "train", cfg.batch_size, cfg.seq_len, rt.rank, rt.world, seed=cfg.seed,
-            shuffle=cfg.shuffle, eot_id=eot, vocab_size=id_limit,
-        )  # fmt: skip
-        val = None
-        if cfg.val_every > 0:
-            try:
-                list_shards(data_dir, "val")
-            except FileNotFoundError:
-                rt.say(f"no val shards in {data_dir}: validation disabled")
-            else:
-                val = ShardLoader(
-                    data_dir, "val", cfg.batch_size, cfg.seq_len, rt.rank, rt.world, vocab_size=id_limit
-                )
-    except (ShardError, ManifestError):
-        raise
-    except ValueError as e:  # the loader's "no shard holds the tokens one step needs"
-        raise UserError(one_line(e)) from e
-    return train, val
 
 
 def read_eval_text(cfg: TrainConfig, tok) -> Optional[torch.Tensor]:
@@ -244,9 +209,25 @@ def model_config(cfg: TrainConfig, data: TrainData) -> GPTConfig:
 
 
 def build_model(cfg: TrainConfig, rt: Runtime, data: TrainData) -> tuple[GPT, torch.optim.Optimizer]:
-    """The plain model and its optimizer. The same seed on every rank gives the same initial weights."""
+    """The model and its optimizer. The same seed on every rank gives the same initial weights; with
+    --fsdp each rank then keeps only its shards, and the optimizer is built after sharding so that it
+    holds (and keeps state for) the shards."""
     torch.manual_seed(cfg.seed)
     model = GPT(model_config(cfg, data)).to(rt.device)
+    if cfg.fsdp:
+        from gpt.fsdp import FSDPOptions, shard_model
+
+        options = FSDPOptions(
+            param_dtype="bfloat16" if rt.bf16 else None,  # blocks compute in bf16 from bf16 gathers
+            reduce_dtype="float32",  # gradients averaged in fp32, as DDP averages them
+            activation_checkpointing=cfg.activation_checkpointing,
+            compile_blocks=cfg.compile,
+        )
+        shard_model(model, options)
+    elif cfg.activation_checkpointing:
+        from gpt.fsdp import checkpoint_activations
+
+        checkpoint_activations(model)
     optimizer = model.configure_optimizers(
         weight_decay=cfg.weight_decay,
         learning_rate=cfg.max_lr,
@@ -257,14 +238,35 @@ def build_model(cfg: TrainConfig, rt: Runtime, data: TrainData) -> tuple[GPT, to
     return model, optimizer
 
 
-def prepare_out_dir(cfg: TrainConfig, rt: Runtime) -> None:
-    """Cleans up after killed checkpoint writers (rank 0), then refuses to mix two runs in one folder."""
+def check_out_dir_is_shared(cfg: TrainConfig, rt: Runtime) -> None:
+    """Sharded checkpoints are written by every rank, and on other nodes every rank reads the checkpoint
+    rank 0 wrote: then --out must be one folder for all (a shared filesystem). A collective."""
+    if not (cfg.fsdp or rt.multi_node) or not rt.distributed:
+        return
+    from gpt.fsdp import check_shared_directory
+
+    try:
+        check_shared_directory(cfg.out)
+    except RuntimeError as e:
+        if rt.master:
+            raise UserError(f"--out {e}") from None
+        raise PeerFailed from None
+
+
+def prepare_out_dir(cfg: TrainConfig, rt: Runtime) -> Optional[Path]:
+    """Cleans up after killed checkpoint writers and picks the checkpoint to resume (rank 0, for every
+    rank: all resume from the same one); refuses to mix two runs, or two checkpoint layouts, in one
+    folder. Returns the checkpoint to resume from, or None."""
+    check_out_dir_is_shared(cfg, rt)
     out_dir = Path(cfg.out)
+    latest = None
     if rt.master:
         for name in recover_checkpoints(out_dir):
             rt.say(f"cleaned up {name}: left by a checkpoint write that was interrupted")
-    rt.barrier()  # the other ranks look for checkpoints only once the folder is consistent
-    existing = latest_checkpoint(out_dir)
+        found = latest_checkpoint(out_dir)
+        latest = str(found) if found is not None else None
+    latest = rt.from_master(latest)
+    existing = Path(latest) if latest is not None else None
     if existing is not None and not cfg.resume:
         # A fresh run here would interleave its checkpoints with the old run's; --resume would then
         # pick whichever has the highest step.
@@ -272,18 +274,34 @@ def prepare_out_dir(cfg: TrainConfig, rt: Runtime) -> None:
             f"{out_dir} already holds checkpoints (latest {existing.name}): pass --resume to continue that "
             "run, or choose another --out"
         )
+    if existing is not None and is_sharded(read_meta(existing)) != cfg.fsdp:
+        if cfg.fsdp:
+            raise UserError(
+                f"--fsdp: {existing} was written without --fsdp (whole model.safetensors + optimizer.pt), "
+                "and gpt.train cannot turn it into sharded state: resume it without --fsdp, or start the "
+                "--fsdp run in another --out"
+            )
+        raise UserError(
+            f"{existing} is a sharded checkpoint of a --fsdp run: resume it with --fsdp (under torchrun), "
+            "or start the run without --fsdp in another --out (python -m gpt.export reads it either way)"
+        )
+    return existing
 
 
-def resume(cfg: TrainConfig, rt: Runtime, model: GPT, optimizer, loader: ShardLoader) -> int:
-    """Restores the latest checkpoint's weights, optimizer, data position and RNG; returns its step
-    (0 when there is none to resume from)."""
+def resume(
+    cfg: TrainConfig, rt: Runtime, model: GPT, optimizer, loader: ShardLoader, ckpt: Optional[Path]
+) -> int:
+    """Restores checkpoint `ckpt`'s weights, optimizer, data position and RNG (every rank the same
+    checkpoint, picked by rank 0); returns its step (0 when there is none to resume from)."""
     if not cfg.resume:
         return 0
-    ckpt = latest_checkpoint(cfg.out)
     if ckpt is None:
         rt.say(f"--resume: no complete checkpoint in {cfg.out}; starting from scratch")
         return 0
-    meta = load_checkpoint(ckpt, model, optimizer, device=rt.device)
+    if cfg.fsdp:
+        meta = load_sharded_checkpoint(ckpt, model, optimizer)
+    else:
+        meta = load_checkpoint(ckpt, model, optimizer, device=rt.device)
     loader.load_state_dict(meta["loader"])
     rng = meta.get("rng", [])
     if len(rng) == rt.world:
@@ -301,11 +319,17 @@ def resume(cfg: TrainConfig, rt: Runtime, model: GPT, optimizer, loader: ShardLo
 
 
 def wrap_for_training(model: GPT, cfg: TrainConfig, rt: Runtime) -> torch.nn.Module:
-    """What the loop calls forward/backward on: the plain model, compiled and/or under DDP."""
+    """What the loop calls forward/backward on: the plain model, compiled and/or under DDP. A sharded
+    model is its own wrapper (its blocks were compiled before sharding, when --compile)."""
+    if cfg.fsdp:
+        return model
     wrapped = torch.compile(model) if cfg.compile else model
     if rt.distributed:
+        # The gradients are views into DDP's all-reduce buckets: no second fp32 copy of them (gpt.memory).
         wrapped = torch.nn.parallel.DistributedDataParallel(
-            wrapped, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
+            wrapped,
+            device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+            gradient_as_bucket_view=True,
         )
     return wrapped
 
@@ -351,26 +375,21 @@ def train_step(
     for micro in range(grad_accum):
         x, y = loader.next_batch()
         x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
-        # Gradients are all-reduced only after the last micro-step's backward.
-        last_micro = micro == grad_accum - 1
-        sync = contextlib.nullcontext() if (not rt.distributed or last_micro) else model.no_sync()
-        with sync:
+        # DDP all-reduces the gradients only after the last micro-step's backward (FSDP reduce-scatters
+        # each one: it keeps no unsharded gradients between micro-steps).
+        with gradient_sync(model, enabled=micro == grad_accum - 1):
             with rt.autocast():
-                _, loss = model(x, y)
+                loss = model(x, y)[1]  # the logits are not kept alive through backward
             (loss / grad_accum).backward()
         loss_sum += loss.detach().float()
     loss_mean = loss_sum / grad_accum
     if rt.distributed:
         dist.all_reduce(loss_mean, op=dist.ReduceOp.SUM)
         loss_mean /= rt.world
-    if grad_clip > 0:
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    else:
-        grad_norm = torch.linalg.vector_norm(
-            torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None])
-        )
+    # The global norm over all ranks' shards under FSDP; a plain tensor either way.
+    norm = clip_grad_norm(model, grad_clip) if grad_clip > 0 else grad_norm(model)
     nonfinite, stopping = rt.any_rank(
-        not (torch.isfinite(loss_mean) and torch.isfinite(grad_norm)), stop.requested
+        not (torch.isfinite(loss_mean) and torch.isfinite(norm)), stop.requested
     )
     if not nonfinite:
         for group in optimizer.param_groups:
@@ -378,14 +397,10 @@ def train_step(
         optimizer.step()
     if rt.device.type == "cuda":
         torch.cuda.synchronize()
-    return StepResult(loss_mean.item(), grad_norm.item(), time.perf_counter() - t0, nonfinite, stopping)
+    return StepResult(loss_mean.item(), norm.item(), time.perf_counter() - t0, nonfinite, stopping)
 
 
 # --------------------------------------------------------------------------------------- checkpointing
-
-
-class PeerFailed(Exception):
-    """Another rank failed (it reports why); this rank just stops."""
 
 
 @dataclass
@@ -418,10 +433,13 @@ class RunState:
 
 
 def write_checkpoint(rt: Runtime, model: GPT, optimizer, state: RunState, step: int) -> Optional[Path]:
-    """Rank 0 writes `ckpt_{step}` with every rank's RNG state; every rank learns whether it worked.
-    Returns the path on rank 0, None elsewhere. Weights that are not finite are never written."""
-    bad = first_non_finite(model)
+    """`ckpt_{step}` with every rank's RNG state: rank 0 writes it (with --fsdp every rank writes its
+    shards and rank 0 completes it); every rank learns whether it worked, and a failure is reported by
+    one rank. Returns the path on rank 0, None elsewhere. Weights that are not finite are never written."""
+    bad = first_non_finite(model)  # this rank's shards under FSDP
     if rt.any_rank(bad is not None)[0]:
+        if not rt.master and bad is None:
+            raise PeerFailed
         last = latest_checkpoint(state.cfg.out)
         raise UserError(
             f"step {step}: weight {bad or '(on another rank)'} is not finite: training diverged (try a lower "
@@ -432,6 +450,10 @@ def write_checkpoint(rt: Runtime, model: GPT, optimizer, state: RunState, step: 
         dist.all_gather_object(states, rng_state())
     else:
         states = [rng_state()]
+    if state.cfg.fsdp:
+        path = save_sharded_checkpoint(state.cfg.out, model, optimizer, state.meta(step, states))
+        rt.say(f"checkpoint {path}")
+        return path if rt.master else None
     path, failure = None, None
     if rt.master:
         try:
@@ -456,24 +478,27 @@ def evaluate(cfg: TrainConfig, rt: Runtime, model: GPT, data: TrainData, step: i
         record["val_loss"] = evaluation.validation_loss(
             model, data.val, cfg.val_steps, rt.device, rt.autocast, rt.distributed
         )
+    # Under FSDP every forward is a collective (it all-gathers the weights): every rank makes the same
+    # calls, in lockstep, and every rank samples although only rank 0 prints.
+    lockstep = cfg.fsdp
     if data.hellaswag_examples is not None and (step % cfg.hellaswag_every == 0 or last):
         record["hellaswag"] = evaluation.hellaswag_accuracy(
             model, data.hellaswag_examples, data.tokenizer, rt.device, rt.bf16, rt.rank, rt.world,
-            rt.distributed, cfg.hellaswag_limit,
+            rt.distributed, cfg.hellaswag_limit, lockstep=lockstep,
         )  # fmt: skip
     if data.eval_tokens is not None and (step % cfg.eval_text_every == 0 or last):
         record["ppl"] = evaluation.text_perplexity(
             model, data.eval_tokens, cfg.seq_len, cfg.batch_size, rt.device, rt.autocast, rt.rank, rt.world,
-            rt.distributed,
+            rt.distributed, lockstep=lockstep,
         )  # fmt: skip
     sampling_due = cfg.sample_every > 0 and (step % cfg.sample_every == 0 or last) and step > 0
-    if rt.master and data.tokenizer is not None and sampling_due:
+    if (rt.master or lockstep) and data.tokenizer is not None and sampling_due:
         texts = evaluation.write_samples(
             model, data.tokenizer, cfg.sample_prompt, cfg.sample_count, cfg.sample_tokens, cfg.sample_top_k,
             cfg.seed + step, rt.device,
         )  # fmt: skip
         for i, text in enumerate(texts):
-            print(f"sample {i}: {text!r}", flush=True)
+            rt.say(f"sample {i}: {text!r}")
     return record
 
 
@@ -490,7 +515,10 @@ class Progress:
         mfu = None
         if self.peak_flops:
             mfu = model.estimate_mfu(tokens_per_sec, self.peak_flops * rt.world, cfg.seq_len)
-        return {"tokens_per_sec": tokens_per_sec, "dt_ms": result.seconds * 1000, "mfu": mfu}
+        measured = {"tokens_per_sec": tokens_per_sec, "dt_ms": result.seconds * 1000, "mfu": mfu}
+        if rt.device.type == "cuda":  # rank 0's allocator high-water mark since the start
+            measured["max_mem_gib"] = torch.cuda.max_memory_allocated(rt.device) / 2**30
+        return measured
 
     def line(self, cfg: TrainConfig, record: dict, steps_left: int) -> str:
         recent = self.step_times[-20:]
@@ -501,6 +529,7 @@ class Progress:
             f"step {record['step']:6d}/{cfg.max_steps} | loss {record['loss']:.4f} | lr {record['lr']:.3e} | "
             f"norm {record['grad_norm']:.3f} | {record['dt_ms']:.0f} ms | {record['tokens_per_sec']:,.0f} tok/s | "
             f"MFU {'n/a' if mfu is None else f'{100 * mfu:.1f}%'} | ETA {format_eta(avg * steps_left)}"
+            + (f" | mem {record['max_mem_gib']:.2f} GiB" if "max_mem_gib" in record else "")
             + extra
         )
 
@@ -514,11 +543,15 @@ def run_loop(
     micro_tokens = cfg.batch_size * cfg.seq_len * rt.world
     grad_accum = cfg.total_batch_size // micro_tokens
     progress = Progress(peak_flops_for(rt.device, cfg.peak_flops))
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = sum(p.numel() for p in model.parameters())  # whole tensors, also when sharded
+    parallel = ("FSDP" if cfg.fsdp else "DDP" if rt.distributed else "") + (
+        " + activation checkpointing" if cfg.activation_checkpointing else ""
+    )
     rt.say(
         f"model {n_params / 1e6:.2f}M params | world {rt.world} | B={cfg.batch_size} T={cfg.seq_len} "
         f"grad_accum={grad_accum} ({cfg.total_batch_size:,} tokens/step) | device {rt.device} "
-        f"{'bf16 autocast' if rt.bf16 else 'fp32'}{' | compiled' if cfg.compile else ''} | steps {start_step}->{end_step}"
+        f"{'bf16 autocast' if rt.bf16 else 'fp32'}{' | compiled' if cfg.compile else ''}"
+        f"{' | ' + parallel.strip(' +') if parallel else ''} | steps {start_step}->{end_step}"
     )
     stop = StopFlag()
     previous_handler = signal.signal(signal.SIGTERM, stop)
@@ -569,10 +602,10 @@ def check_batch_geometry(cfg: TrainConfig, world: int) -> None:
 
 def train(cfg: TrainConfig, rt: Runtime) -> int:
     check_batch_geometry(cfg, rt.world)
-    prepare_out_dir(cfg, rt)
+    checkpoint = prepare_out_dir(cfg, rt)
     data = open_data(cfg, rt)
     model, optimizer = build_model(cfg, rt, data)
-    start_step = resume(cfg, rt, model, optimizer, data.train)
+    start_step = resume(cfg, rt, model, optimizer, data.train, checkpoint)
     logger = LogWriter(Path(cfg.out), rt.master, cfg.tensorboard, start_step if cfg.resume else None)
     state = RunState(cfg, dataclasses.asdict(model.config), data.tokenizer_record, data.train, rt.world)
     try:
@@ -585,9 +618,16 @@ def train(cfg: TrainConfig, rt: Runtime) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(argv)
-    rt = start_runtime(cfg.device, cfg.dtype, cfg.threads)
+    if cfg.fsdp and not under_torchrun():
+        raise UserError(
+            "--fsdp shards the model over the ranks of a torchrun job: launch with torchrun "
+            "--standalone --nproc_per_node N -m gpt.train --fsdp ... (N=1 is allowed), or drop --fsdp"
+        )
+    rt = start_runtime(cfg.device, cfg.dtype, cfg.threads, sharded=cfg.fsdp)
     try:
-        return train(cfg, rt)
+        status = train(cfg, rt)
+        rt.barrier()  # no rank closes its connections while another still reads from them
+        return status
     except PeerFailed:
         return 2
     finally:

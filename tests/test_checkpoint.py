@@ -341,3 +341,73 @@ def test_hub_ids_are_told_from_local_paths(tmp_path, monkeypatch):
     assert looks_like_hub_id("gpt2") and looks_like_hub_id("openai-community/gpt2")
     for local in ("./gpt2", "/abs/model", "~/m", "runs/model", "a/b/c", "vocab.json", "dir/", ".hidden"):
         assert not looks_like_hub_id(local), local
+
+
+# ------------------------------------------------------------------------------------ the sharded layout
+
+
+@pytest.fixture
+def one_rank_group(tmp_path):
+    """A gloo process group of this process alone: enough to shard a model and write DCP checkpoints."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def sharded_model(seed=0):
+    from gpt.fsdp import shard_model
+
+    torch.manual_seed(seed)
+    return shard_model(GPT(GPTConfig(**CONFIG)))
+
+
+@pytest.mark.usefixtures("one_rank_group")
+def test_sharded_checkpoint_is_complete_only_with_its_index_and_loads_for_inference(tmp_path):
+    from gpt.checkpoint import SHARDED_DIR, save_sharded_checkpoint
+
+    model = sharded_model()
+    path = save_sharded_checkpoint(tmp_path / "run", model, None, meta(3))
+    assert sorted(p.name for p in path.iterdir()) == ["meta.json", SHARDED_DIR]
+    assert json.loads((path / "meta.json").read_text())["sharded"] is True
+    plain, loaded_meta = load_model_for_inference(tmp_path / "run")
+    assert loaded_meta["step"] == 3
+    for name, tensor in plain.state_dict().items():
+        original = dict(model.state_dict())[name]
+        assert torch.equal(tensor, original.full_tensor()), name
+    with pytest.raises(CheckpointError, match="a sharded checkpoint .* resume it with --fsdp"):
+        load_checkpoint(path, GPT(GPTConfig(**CONFIG)))
+    (path / SHARDED_DIR / ".metadata").unlink()  # as if the write had stopped before DCP's index
+    assert latest_checkpoint(tmp_path / "run") is None
+    with pytest.raises(CheckpointError, match="not a complete checkpoint"):
+        load_model(path)
+
+
+@pytest.mark.usefixtures("one_rank_group")
+def test_sharded_weights_that_do_not_fit_or_are_not_finite_are_named(tmp_path):
+    from gpt.checkpoint import SHARDED_DIR, save_sharded_checkpoint
+    from gpt.fsdp import save_sharded
+
+    path = save_sharded_checkpoint(tmp_path / "run", sharded_model(), None, meta(3))
+    bigger = {**CONFIG, "n_layer": 2}  # a block the checkpoint does not have
+    (path / "meta.json").write_text(json.dumps({**meta(3), "sharded": True, "model_config": bigger}))
+    with pytest.raises(CheckpointError, match=r"transformer\.h\.1\."):
+        load_model(path)
+    wider = {**CONFIG, "n_embd": 32}
+    (path / "meta.json").write_text(json.dumps({**meta(3), "sharded": True, "model_config": wider}))
+    with pytest.raises(CheckpointError, match=r"Size mismatch .* for model\.transformer\.wte\.weight"):
+        load_model(path)
+    # save_sharded_checkpoint refuses non-finite weights; DCP itself does not, so such files can exist.
+    model = sharded_model()
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteWeightsError, match="transformer.h.0.mlp.c_fc.weight"):
+        save_sharded_checkpoint(tmp_path / "nan", model, None, meta(3))
+    assert not (tmp_path / "nan").exists() or not list((tmp_path / "nan").iterdir())
+    save_sharded(path / SHARDED_DIR, model)
+    (path / "meta.json").write_text(json.dumps({**meta(3), "sharded": True}))
+    with pytest.raises(CheckpointError, match="transformer.h.0.mlp.c_fc.weight holds NaN"):
+        load_model(path)

@@ -4,10 +4,12 @@ restores (never deletes) the only complete copy and leaves no temp behind, and t
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -247,3 +249,229 @@ def test_kill_9_at_random_times_never_leaves_a_broken_or_lost_checkpoint(tmp_pat
     )
     assert killed_mid_write >= 8  # the kills did land inside writes, not only between them
     assert previous_max >= 2  # and the writers made progress across trials
+
+
+# ------------------------------------------------------------------------------------ the sharded layout
+# A --fsdp run writes ckpt_N/{meta.json, sharded/} with every rank writing its shards into rank 0's temp
+# folder. The same guarantees, checked the same ways: ranks are started here without torchrun (RANK,
+# WORLD_SIZE, MASTER_ADDR/PORT set by hand, which is all gpt.train reads), so that each rank's stderr and
+# exit status can be checked on its own.
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_ranks(args: list[str], ranks: int = 2, limit: int | None = None, timeout: float = 300) -> list:
+    """`python -m gpt.train args` as `ranks` processes of one job; with `limit`, a file size limit on each
+    (a full disk). Returns each rank's CompletedProcess."""
+    port = free_port()
+    procs = []
+    for rank in range(ranks):
+        env = {**ENV, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(ranks)}
+        env.update(LOCAL_WORLD_SIZE=str(ranks), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "gpt.train", *args],
+                env=env,
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+                if limit
+                else None,
+            )  # fmt: skip
+        )
+    results = []
+    try:
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=timeout)
+            results.append(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return results
+
+
+def check_ok(results) -> None:
+    for result in results:
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+SHARDED = ["--fsdp", "--n-layer", "2", "--total-batch-size", "64"]  # two blocks: two FSDP groups + the root
+
+
+def test_full_disk_while_writing_shards_is_one_line_from_rank_0_and_keeps_the_previous_checkpoint(
+    tmp_path, shards
+):
+    out = tmp_path / "out"
+    common = [*TINY, *SHARDED, "--data", str(shards), "--out", str(out)]
+    check_ok(launch_ranks([*common, "--stop-at-step", "2"]))
+    shard_size = (out / "ckpt_0000002" / "sharded" / "__0_0.distcp").stat().st_size
+    assert (out / "ckpt_0000002" / "meta.json").stat().st_size < shard_size // 2  # meta would fit
+    started = time.monotonic()
+    rank0, rank1 = launch_ranks([*common, "--resume"], limit=shard_size // 2)
+    assert rank0.returncode == rank1.returncode == 2, rank0.stderr + rank1.stderr
+    lines = rank0.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in rank0.stderr, rank0.stderr
+    assert lines[0].startswith("python -m gpt.train: error: disk full while writing ")
+    assert str(out / "ckpt_0000004" / "sharded") in lines[0], lines[0]
+    assert rank1.stderr.strip() == "", rank1.stderr  # rank 0 reported it, once for the job
+    assert time.monotonic() - started < 120
+    assert temps(out) == [] and [p.name for p in list_checkpoints(out)] == ["ckpt_0000002"]
+    model, meta = load_model(out / "ckpt_0000002")
+    assert meta["step"] == 2 and meta["sharded"] is True
+    check_ok(launch_ranks([*common, "--resume"]))  # and the job continues once there is room again
+    assert [p.name for p in list_checkpoints(out)] == ["ckpt_0000002", "ckpt_0000004", "ckpt_0000006"]
+
+
+REPLACE_SHARDED_AND_DIE = textwrap.dedent(
+    """
+    import os, signal, sys
+    import torch.distributed as dist
+    import bpe_fast.files as files
+    from gpt.checkpoint import read_meta, save_sharded_checkpoint
+    from gpt.fsdp import shard_model
+    from gpt.model import GPT, GPTConfig
+
+    ckpt = sys.argv[1]
+    meta = read_meta(ckpt)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    model = shard_model(GPT(GPTConfig(**meta["model_config"])))
+    real_replace = os.replace
+
+    def replace(src, dst):
+        # atomic_dir parks the old folder first, then renames the new one in: die between the two.
+        if str(src).endswith(files.TEMP_SUFFIX) and ".old" not in str(src):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_replace(src, dst)
+
+    files.os.replace = replace
+    save_sharded_checkpoint(os.path.dirname(ckpt), model, None, {**meta, "tag": "replacement"})
+    """
+)
+
+
+def test_crash_between_the_renames_of_a_sharded_checkpoint_and_the_next_start_restores_it(tmp_path, shards):
+    out = tmp_path / "out"
+    common = [*TINY, *SHARDED, "--data", str(shards), "--out", str(out)]
+    check_ok(launch_ranks([*common, "--stop-at-step", "4"], ranks=1))
+    files_before = {p.name: p.read_bytes() for p in (out / "ckpt_0000004" / "sharded").iterdir()}
+    result = subprocess.run(
+        [sys.executable, "-c", REPLACE_SHARDED_AND_DIE, str(out / "ckpt_0000004")],
+        env=ENV,
+        capture_output=True,
+        timeout=120,
+    )
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    assert not (out / "ckpt_0000004").exists()
+    assert (out / f".ckpt_0000004.old{TEMP_SUFFIX}" / "sharded" / ".metadata").is_file()
+    assert latest_checkpoint(out).name == "ckpt_0000002"
+    # The next start puts the parked copy back and resumes from it (step 4), not from step 2.
+    (resumed,) = launch_ranks([*common, "--resume"], ranks=1)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout and "at step 4" in resumed.stdout, resumed.stdout
+    assert temps(out) == []
+    assert [p.name for p in list_checkpoints(out)] == ["ckpt_0000002", "ckpt_0000004", "ckpt_0000006"]
+    assert {p.name: p.read_bytes() for p in (out / "ckpt_0000004" / "sharded").iterdir()} == files_before
+
+
+# As WRITER_FORK_SERVER, for the sharded layout: each forked writer joins a process group of one, shards
+# the model, says it is ready, then writes sharded checkpoints forever.
+SHARDED_WRITER_FORK_SERVER = textwrap.dedent(
+    """
+    import os, sys
+    import torch
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+    import torch.distributed.checkpoint, torch.distributed.fsdp  # imported once, before forking
+    from gpt.checkpoint import latest_checkpoint, read_meta, recover_checkpoints, save_sharded_checkpoint
+    from gpt.fsdp import shard_model
+    from gpt.model import GPT, GPTConfig
+
+    out = sys.argv[1]
+    config = dict(block_size=8, vocab_size=64, n_layer=2, n_head=2, n_embd=16)
+
+    def write_forever(ready):
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        model = shard_model(GPT(GPTConfig(**config)))
+        recover_checkpoints(out)
+        latest = latest_checkpoint(out)
+        step = read_meta(latest)["step"] if latest else 1
+        os.write(ready, b"r")
+        while True:
+            for version in (0, 1):
+                with torch.no_grad():
+                    for p in model.parameters():
+                        p.fill_(step * 10 + version)
+                meta = {"step": step, "version": version, "model_config": config}
+                save_sharded_checkpoint(out, model, None, meta)
+            step += 1
+
+    for line in sys.stdin:
+        ready_read, ready_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(ready_read)
+                write_forever(ready_write)
+            finally:
+                os._exit(1)
+        os.close(ready_write)
+        os.read(ready_read, 1)  # set up: from here on it writes
+        os.close(ready_read)
+        print(pid, flush=True)
+        _, status = os.waitpid(pid, 0)
+        print(status, flush=True)
+    """
+)
+
+
+def test_kill_9_of_sharded_writers_never_leaves_a_broken_or_lost_checkpoint(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    server = subprocess.Popen(
+        [sys.executable, "-c", SHARDED_WRITER_FORK_SERVER, str(out)],
+        env=ENV,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    rng = random.Random(4321)
+    killed_mid_write = parked_only = 0
+    previous_max = 0
+    trials = 30
+    try:
+        for trial in range(trials):
+            server.stdin.write("go\n")
+            server.stdin.flush()
+            pid = int(server.stdout.readline())
+            time.sleep(rng.uniform(0.0, 0.3))
+            os.kill(pid, signal.SIGKILL)
+            assert int(server.stdout.readline()) == signal.SIGKILL, (
+                f"trial {trial}: the writer died by itself"
+            )
+            steps_seen = check_complete_checkpoints(out, from_step=previous_max)
+            leftovers = temps(out)
+            killed_mid_write += bool(leftovers)
+            parked_only += any(".old" in name for name in leftovers)
+            recover_checkpoints(out)
+            assert temps(out) == [], trial
+            steps = check_complete_checkpoints(out, from_step=previous_max)
+            assert set(steps_seen) <= set(steps) and steps == list(range(1, len(steps) + 1)), (trial, steps)
+            assert steps[-1] >= previous_max, f"trial {trial}: step {previous_max} was lost"
+            previous_max = steps[-1]
+    finally:
+        server.kill()
+        server.wait()
+    print(
+        f"{trials} kills: {killed_mid_write} mid-write, {parked_only} with the old copy parked; {previous_max} steps"
+    )
+    assert killed_mid_write >= 8  # the kills did land inside writes, not only between them
+    assert previous_max >= 2
+    assert all(json.loads((p / "meta.json").read_text())["sharded"] for p in list_checkpoints(out))

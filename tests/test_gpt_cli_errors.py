@@ -53,10 +53,34 @@ def place(tmp_path_factory) -> Path:
     (root / "badlog").mkdir()
     (root / "badlog" / "log.jsonl").write_text('{"step": 0, "loss": 1.0}\n{"step": 1, "loss": NaN oops\n')
     (root / "preset.json").write_text('{"max_lr": -0.1}')
+    write_sharded_checkpoint(root / "sharded_run", root / "rendezvous")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         bpe_fast.train(["the cat sat on the mat " * 20], 260).save(root / "noeot.json")  # no <|endoftext|>
     return root
+
+
+def write_sharded_checkpoint(out: Path, rendezvous: Path) -> None:
+    """A checkpoint in the layout of a --fsdp run, written by a process group of one (this process)."""
+    import torch.distributed as dist
+
+    from gpt.checkpoint import save_sharded_checkpoint
+    from gpt.fsdp import shard_model
+
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=0, world_size=1)
+    try:
+        model = shard_model(GPT(GPTConfig(block_size=16, vocab_size=VOCAB, n_layer=1, n_head=2, n_embd=16)))
+        save_sharded_checkpoint(
+            out, model, None, {"step": 2, "model_config": dataclasses.asdict(model.config)}
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 OFFLINE = {"https_proxy": "http://127.0.0.1:9", "HELLASWAG_CACHE": "{root}/hellaswag-cache"}
@@ -66,11 +90,16 @@ CASES = [
     (
         "train",
         ["--preset", "tiny-cpu", "--data", "{root}/nosuch"],
-        "--data {root}/nosuch: no such folder",
+        "--data {root}/nosuch does not exist",
         {},
     ),
     ("train", ["--preset", "tiny-cpu", "--data", "{root}/empty"], "no train_*.bin shards there", {}),
-    ("train", ["--preset", "gpt5"], "unknown preset 'gpt5': choose one of gpt2-124m, tiny-cpu", {}),
+    (
+        "train",
+        ["--preset", "gpt5"],
+        "unknown preset 'gpt5': choose one of gpt2-124m, gpt2-1558m, gpt2-350m, gpt2-774m, tiny-cpu",
+        {},
+    ),
     ("train", ["--preset", "{root}/preset.json"], "max_lr: -0.1 is out of range", {}),
     ("train", ["--max-lr", "nan"], "--max-lr: 'nan' is not a finite number", {}),
     ("train", ["--warmup-steps", "-5"], "--warmup-steps: -5 is out of range", {}),
@@ -96,6 +125,30 @@ CASES = [
         {},
     ),
     ("train", [*TINY, "--data", "{root}/shards", "--out", "{root}/run"], "already holds checkpoints", {}),
+    (
+        "train",
+        [*TINY, "--data", "{root}/shards", "--fsdp"],
+        "--fsdp shards the model over the ranks of a torchrun job: launch with torchrun",
+        {},
+    ),
+    (
+        "train",
+        [*TINY, "--data", "{root}/shards", "--out", "{root}/sharded_run", "--resume"],
+        "sharded_run/ckpt_0000002 is a sharded checkpoint of a --fsdp run: resume it with --fsdp",
+        {},
+    ),
+    (
+        "train",
+        [*TINY, "--data", "{root}/shards", "--out", "{root}/run", "--resume", "--fsdp"],
+        "--fsdp: {root}/run/ckpt_0000002 was written without --fsdp",
+        {
+            "RANK": "0",
+            "LOCAL_RANK": "0",
+            "WORLD_SIZE": "1",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": "{port}",
+        },
+    ),
     (
         "train",
         [*TINY, "--data", "{root}/shards", "--vocab-size", "50304", "--hellaswag", "{root}/nosuch.jsonl"],
@@ -125,7 +178,12 @@ CASES = [
         {},
     ),
     ("sample", ["--checkpoint", "{root}/run", "--top-k", "-1"], "--top-k: -1 is out of range", {}),
-    ("sample", ["--checkpoint", "{root}/run", "--tokenizer", "{root}/v.json"], "tokenizer {root}/v.json", {}),
+    (
+        "sample",
+        ["--checkpoint", "{root}/run", "--tokenizer", "{root}/v.json"],
+        "tokenizer '{root}/v.json': not 'gpt2' and not an existing vocab file",
+        {},
+    ),
     ("sample", ["--prompt", "x"], "one of the arguments --checkpoint --hf is required", {}),
     ("export", ["--checkpoint", "{root}/nosuch", "--out", "{root}/x"], "no such directory", {}),
     ("export", ["--checkpoint", "{root}/hf", "--out", "{root}/x"], "not a training checkpoint", {}),
@@ -165,7 +223,7 @@ CASES = [
 
 
 def fill(value: str, root: Path) -> str:
-    return value.replace("{root}", str(root))
+    return value.replace("{root}", str(root)).replace("{port}", str(free_port()))
 
 
 @pytest.mark.parametrize(
@@ -182,7 +240,7 @@ def test_user_error_is_one_line(module, argv, expected, env, place, monkeypatch,
         contacted.append(args)
         raise OSError("network is off in this test")
 
-    if not env:  # the offline cases need urllib's refused proxy connection; the others no socket at all
+    if not env:  # offline cases need urllib's refused proxy, torchrun ones a local store; others no socket
         monkeypatch.setattr(socket, "getaddrinfo", no_network)
         monkeypatch.setattr(socket.socket, "connect", no_network)
     entry = importlib.import_module(f"gpt.{module}")
@@ -202,7 +260,8 @@ def test_user_error_is_one_line(module, argv, expected, env, place, monkeypatch,
 @pytest.mark.parametrize(
     "module, argv, expected",
     [
-        ("train", ["--preset", "tiny-cpu", "--data", "nosuch"], "--data nosuch: no such folder"),
+        ("train", ["--preset", "tiny-cpu", "--data", "nosuch"], "--data nosuch does not exist"),
+        ("train", ["--preset", "tiny-cpu", "--fsdp"], "--fsdp shards the model over the ranks of a torchrun"),
         ("sample", ["--checkpoint", "nosuchdir"], "nosuchdir: no such directory"),
         ("export", ["--checkpoint", "nosuchdir", "--out", "x"], "nosuchdir: no such directory"),
         ("hellaswag", ["--model", "{root}/run"], "this machine may be offline"),

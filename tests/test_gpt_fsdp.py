@@ -1,13 +1,15 @@
-"""gpt.fsdp on CPU: FSDP2 (gloo, 2 ranks under torchrun) trains the tiny-cpu shape exactly as DDP does,
-with and without activation checkpointing; sharded checkpoints resume the same curve and load into an
-ordinary GPT that exports the same HF weights as the DDP model. The training loop is benches/fsdp_cpu.py's
-worker (gpt.model.GPT, configure_optimizers, gpt.train's schedule and clipping), the stand-in for
-`gpt.train --fsdp` until the trainer has it."""
+"""`gpt.train --fsdp` on CPU (gloo, 2 ranks under torchrun): 10 steps of the tiny-cpu preset give DDP's
+losses, gradient norms and evaluations, with and without activation checkpointing; the sharded
+checkpoint resumes onto the same curve, holds half the state per rank, and exports to the same
+transformers folder as the DDP run's. Then gpt.fsdp's pieces in-process, in a process group of one."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -15,13 +17,14 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
+import bpe_fast
+from conftest import corpus_slice
 from gpt.fsdp import (
     FSDPOptions,
     check_shared_directory,
     checkpoint_activations,
     full_model_state_dict,
     gradient_sync,
-    load_full_model_state,
     load_sharded,
     save_sharded,
     shard_model,
@@ -29,104 +32,157 @@ from gpt.fsdp import (
 from gpt.model import GPT, GPTConfig
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from benches.fsdp_cpu import run_worker  # noqa: E402
-
 STEPS = 10
 RESUME_AT = 5
-# tiny-cpu's shape and optimizer settings; 2,048 tokens per step = 2 ranks x B=4 x T=128 x 2 micro-steps.
-WORKER_ARGS = ["--preset", "tiny-cpu", "--vocab-size", "2048", "--total-batch-size", "2048"]
-WORKER_ARGS += ["--steps", str(STEPS)]
 TOLERANCE = 1e-5
-TINY_CONFIG = GPTConfig(block_size=128, vocab_size=2048, n_layer=4, n_head=4, n_embd=128)
+HELLASWAG = REPO / "tests" / "data" / "hellaswag_tiny.jsonl"
+# tiny-cpu as it is (B=4, T=128, 1,024 tokens per step: one micro-step per rank on 2 ranks), its vocab
+# from the shards' manifest; evaluations split unevenly over the ranks (9 HellaSwag examples, 9
+# perplexity windows), so that under FSDP a rank runs out first and must keep in step.
+TRAIN = [
+    "--preset", "tiny-cpu", "--max-steps", str(STEPS), "--warmup-steps", "3", "--device", "cpu",
+    "--threads", "1", "--no-tensorboard", "--checkpoint-every", "0", "--val-every", "5", "--val-steps", "2",
+    "--sample-every", "5", "--sample-count", "1", "--sample-tokens", "4", "--sample-prompt", "ROMEO:",
+    "--hellaswag", str(HELLASWAG), "--hellaswag-every", "5", "--hellaswag-limit", "9",
+    "--eval-text-every", "5", "--eval-text-tokens", "1152",
+]  # fmt: skip
+
+
+def torchrun(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "python"), str(REPO)])}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    result = subprocess.run(
+        [*command, "-m", "gpt.train", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def log_of(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Three 2-rank runs of 10 steps on the same batches: DDP; FSDP, which checkpoints at the end; and
-    FSDP with activation checkpointing, which saves at step 5, rebuilds from another seed, loads and
-    continues."""
+    """Shards of a 512-token vocab trained here; then three 2-rank runs of 10 steps on them: DDP; FSDP;
+    FSDP with activation checkpointing, stopped at step 5 and resumed."""
+    from gpt.prepare import main as prepare
+
     folder = tmp_path_factory.mktemp("fsdp_runs")
-    records = {}
-    for mode, extra in (
-        ("ddp", ["--state", str(folder / "ddp.pt")]),
-        ("fsdp", ["--state", str(folder / "fsdp.pt"), "--checkpoint", str(folder / "fsdp_ckpt")]),
-        ("fsdp-ac", ["--checkpoint", str(folder / "ac_ckpt"), "--resume-at", str(RESUME_AT)]),
-    ):
-        records[mode] = run_worker(mode, folder / f"{mode}.json", [*WORKER_ARGS, *extra])
-    return folder, records
+    text = corpus_slice("tinyshakespeare.txt", 150_000)
+    (folder / "corpus.txt").write_text(text, encoding="utf-8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bpe_fast.train([text], 512, special_tokens=["<|endoftext|>"]).save(folder / "vocab.json")
+    data = folder / "shards"
+    prepare_args = ["--files", str(folder / "corpus.txt"), "--doc-sep", r"\n\n", "--tokenizer"]
+    prepare_args += [
+        str(folder / "vocab.json"),
+        "--out",
+        str(data),
+        "--val-fraction",
+        "0.1",
+        "--no-progress",
+        "-q",
+    ]
+    assert prepare(prepare_args) == 0
+    common = [*TRAIN, "--data", str(data), "--eval-text", str(folder / "corpus.txt")]
+    printed = {}
+    printed["ddp"] = torchrun([*common, "--out", str(folder / "ddp")]).stdout
+    printed["fsdp"] = torchrun([*common, "--fsdp", "--out", str(folder / "fsdp")]).stdout
+    resumed = [*common, "--fsdp", "--activation-checkpointing", "--out", str(folder / "fsdp-ac")]
+    printed["fsdp-ac-first"] = torchrun([*resumed, "--stop-at-step", str(RESUME_AT)]).stdout
+    printed["fsdp-ac"] = torchrun([*resumed, "--resume"]).stdout
+    return folder, printed
 
 
 @pytest.mark.slow
-def test_fsdp_losses_equal_ddp(runs):
-    _, records = runs
-    ddp = records["ddp"]
-    assert ddp["world_size"] == 2 and ddp["grad_accum"] == 2 and len(ddp["losses"]) == STEPS
-    assert ddp["losses"][-1] < ddp["losses"][0] - 0.05, "the curve must move for the comparison to mean much"
+def test_fsdp_losses_and_evaluations_equal_ddp(runs):
+    folder, printed = runs
+    ddp = log_of(folder / "ddp")
+    assert [r["step"] for r in ddp] == list(range(STEPS))
+    assert ddp[-1]["loss"] < ddp[0]["loss"] - 0.3, "the curve must move for the comparison to mean much"
+    assert "world 2" in printed["ddp"] and "| DDP |" in printed["ddp"] and "| FSDP |" in printed["fsdp"]
+    assert "FSDP + activation checkpointing" in printed["fsdp-ac"]
     for mode in ("fsdp", "fsdp-ac"):
-        assert len(records[mode]["losses"]) == STEPS
-        for a, b in zip(ddp["losses"], records[mode]["losses"]):
-            assert abs(a - b) <= TOLERANCE, (mode, ddp["losses"], records[mode]["losses"])
-        for a, b in zip(ddp["grad_norms"], records[mode]["grad_norms"]):
-            assert abs(a - b) <= TOLERANCE * max(1.0, a), mode
-
-
-@pytest.mark.slow
-def test_fsdp_shards_the_parameters(runs):
-    _, records = runs
-    params = records["ddp"]["params"]
-    assert [r["local_params"] for r in records["ddp"]["ranks"]] == [params, params]
-    shards = [r["local_params"] for r in records["fsdp"]["ranks"]]
-    assert sum(shards) == params and max(shards) - min(shards) < params // 10
-
-
-@pytest.mark.slow
-def test_gathered_full_state_equals_ddp(runs):
-    folder, _ = runs
-    ddp, fsdp = torch.load(folder / "ddp.pt"), torch.load(folder / "fsdp.pt")
-    assert set(ddp) == set(fsdp) and "lm_head.weight" in fsdp
-    for name, tensor in ddp.items():
-        assert fsdp[name].shape == tensor.shape, name
-        assert (fsdp[name] - tensor).abs().max().item() <= TOLERANCE, name
-    assert torch.equal(fsdp["lm_head.weight"], fsdp["transformer.wte.weight"])
-
-
-@pytest.mark.slow
-def test_sharded_checkpoint_loads_into_a_plain_model_and_exports_like_ddp(runs, tmp_path):
-    folder, _ = runs
-    names = sorted(p.name for p in (folder / "fsdp_ckpt").iterdir())
-    assert names == [".metadata", "__0_0.distcp", "__1_0.distcp"]  # one file per rank
-    torch.manual_seed(999)  # weights that differ from the checkpoint's until it is loaded
-    plain = GPT(TINY_CONFIG)
-    load_full_model_state(folder / "fsdp_ckpt", plain)
-    gathered = torch.load(folder / "fsdp.pt")
-    for name, tensor in plain.state_dict().items():
-        assert torch.equal(tensor, gathered[name]), name
-    assert plain.lm_head.weight is plain.transformer.wte.weight  # still tied after the load
-    ddp_model = GPT(TINY_CONFIG)
-    ddp_model.load_state_dict(torch.load(folder / "ddp.pt"))
-    plain.save_hf(tmp_path / "from_fsdp")
-    ddp_model.save_hf(tmp_path / "from_ddp")
-    assert (tmp_path / "from_fsdp" / "config.json").read_text() == (
-        tmp_path / "from_ddp" / "config.json"
-    ).read_text()
-    a, b = (
-        load_file(tmp_path / "from_fsdp" / "model.safetensors"),
-        load_file(tmp_path / "from_ddp" / "model.safetensors"),
-    )
-    assert set(a) == set(b)
-    for name in a:
-        assert (a[name] - b[name]).abs().max().item() <= TOLERANCE, name
+        log = log_of(folder / mode)
+        assert [r["step"] for r in log] == list(range(STEPS)), mode
+        for a, b in zip(ddp, log):
+            assert abs(a["loss"] - b["loss"]) <= TOLERANCE, (mode, a["step"], a["loss"], b["loss"])
+            assert abs(a["grad_norm"] - b["grad_norm"]) <= TOLERANCE * max(1.0, a["grad_norm"]), mode
+            if mode == "fsdp":  # (the stopped run also evaluated at its last step, 4)
+                assert {"val_loss", "ppl", "hellaswag"} & set(a) == {"val_loss", "ppl", "hellaswag"} & set(b)
+            if "val_loss" in a and "val_loss" in b:
+                assert abs(a["val_loss"] - b["val_loss"]) <= TOLERANCE, (mode, a["step"])
+            if "ppl" in a and "ppl" in b:
+                assert a["ppl"] == pytest.approx(b["ppl"], rel=TOLERANCE), (mode, a["step"])
+            if "hellaswag" in a and "hellaswag" in b:
+                assert a["hellaswag"] == b["hellaswag"], (mode, a["step"])
+        assert {0, 5, 9} <= {r["step"] for r in log if "hellaswag" in r and "ppl" in r and "val_loss" in r}
+    # Every rank sampled under FSDP (each forward gathers from all); rank 0 alone printed.
+    assert [line.split(":")[0] for line in printed["fsdp"].splitlines() if line.startswith("sample")] == [
+        "sample 0",
+        "sample 0",
+    ]
 
 
 @pytest.mark.slow
 def test_sharded_resume_continues_the_same_curve(runs):
-    _, records = runs
-    resumed, straight = records["fsdp-ac"]["losses"], records["fsdp"]["losses"]
-    # Rebuilt from another seed at step 5: only a complete load of weights and AdamW moments gives back
-    # the uninterrupted run's losses (checkpointing changes no arithmetic, only what is kept).
-    for step in range(RESUME_AT, STEPS):
-        assert abs(resumed[step] - straight[step]) <= 1e-6, (step, resumed, straight)
+    folder, printed = runs
+    assert "resumed from" in printed["fsdp-ac"] and f"at step {RESUME_AT}" in printed["fsdp-ac"]
+    straight, resumed = log_of(folder / "fsdp"), log_of(folder / "fsdp-ac")
+    # Resumed from a sharded checkpoint into freshly built shards: only a complete load of weights, AdamW
+    # moments, data position and RNG gives back the uninterrupted run's losses.
+    for a, b in zip(straight[RESUME_AT:], resumed[RESUME_AT:]):
+        assert abs(a["loss"] - b["loss"]) <= 1e-6, (a, b)
+
+
+@pytest.mark.slow
+def test_the_sharded_checkpoint_holds_each_ranks_half(runs):
+    folder, _ = runs
+    ckpt = folder / "fsdp" / f"ckpt_{STEPS:07d}"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["meta.json", "sharded"]
+    assert sorted(p.name for p in (ckpt / "sharded").iterdir()) == [
+        ".metadata",
+        "__0_0.distcp",
+        "__1_0.distcp",
+    ]
+    meta = json.loads((ckpt / "meta.json").read_text())
+    assert meta["sharded"] is True and meta["world_size"] == 2 and meta["step"] == STEPS
+    whole = folder / "ddp" / f"ckpt_{STEPS:07d}"
+    state_bytes = sum((whole / name).stat().st_size for name in ("model.safetensors", "optimizer.pt"))
+    halves = [(ckpt / "sharded" / f"__{r}_0.distcp").stat().st_size for r in (0, 1)]
+    assert sum(halves) == pytest.approx(state_bytes, rel=0.1)  # weights + AdamW moments, once (+ DCP headers)
+    assert max(halves) < 0.6 * state_bytes  # each rank wrote its shards, not the whole
+
+
+@pytest.mark.slow
+def test_fsdp_checkpoint_exports_like_the_ddp_one(runs, tmp_path):
+    folder, _ = runs
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "python"), str(REPO)])}
+    for mode in ("ddp", "fsdp"):
+        command = [sys.executable, "-m", "gpt.export", "--checkpoint", str(folder / mode), "--out", mode]
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+    names = sorted(p.name for p in (tmp_path / "ddp").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "fsdp").iterdir()) and "model.safetensors" in names
+    for name in names:
+        if name != "model.safetensors":
+            assert (tmp_path / "ddp" / name).read_bytes() == (tmp_path / "fsdp" / name).read_bytes(), name
+    a, b = (
+        load_file(tmp_path / "ddp" / "model.safetensors"),
+        load_file(tmp_path / "fsdp" / "model.safetensors"),
+    )
+    assert set(a) == set(b)
+    for name in a:
+        assert (a[name] - b[name]).abs().max().item() <= TOLERANCE, name
 
 
 # ---------------------------------------------------------------------- in-process, one-rank group

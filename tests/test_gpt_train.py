@@ -15,9 +15,9 @@ import gpt.train as train
 from bpe_fast.cliutil import UserError
 from bpe_fast.files import TEMP_SUFFIX
 from gpt.config import ConfigError, TrainConfig, load_preset, parse_config
-from gpt.data import ShardError
-from gpt.manifest import ManifestError
+from gpt.data import ManifestError, ShardError
 from gpt.shards import write_shard
+from gpt.shards.manifest import tokenizer_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = 64
@@ -108,8 +108,10 @@ def gpt2_tokenizer(monkeypatch):
 
         return load_tokenizer("gpt2")
     except ImportError:
+        import gpt.tokenizer
+
         tok = StandInTokenizer()
-        monkeypatch.setattr(train, "load_tokenizer", lambda spec: tok)
+        monkeypatch.setattr(gpt.tokenizer, "load_tokenizer", lambda spec: tok)
         return tok
 
 
@@ -153,6 +155,16 @@ def test_grad_accumulation_matches_one_big_batch(tmp_path):
         finals.append(read_log(out))
     for a, b in zip(*finals):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+
+
+def test_activation_checkpointing_without_fsdp_follows_the_same_curve(tmp_path, capsys):
+    data = make_shards(tmp_path / "shards")
+    common = [*TINY, "--max-steps", "4", "--val-every", "2", "--data", str(data)]
+    assert train.main([*common, "--out", str(tmp_path / "plain")]) == 0
+    assert train.main([*common, "--activation-checkpointing", "--out", str(tmp_path / "ac")]) == 0
+    assert "| activation checkpointing |" in capsys.readouterr().out
+    for a, b in zip(read_log(tmp_path / "plain"), read_log(tmp_path / "ac"), strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6) and a.get("val_loss") == b.get("val_loss")
 
 
 def test_bfloat16_autocast_on_cpu_runs(tmp_path):
@@ -302,7 +314,7 @@ def manifest_for(folder: Path, vocab_size: int, sha: str, spec: str = "gpt2") ->
         json.dumps(
             {
                 "format": "bpe-fast-shards",
-                "version": 1,
+                "version": 2,
                 "tokenizer": {"spec": spec, "sha256": sha, "vocab_size": vocab_size, "eot_id": 0},
                 "dtype": "uint16",
                 "shards": shards,
@@ -321,23 +333,23 @@ def test_fresh_run_into_a_folder_with_checkpoints_is_refused(tmp_path):
 
 
 def test_manifest_mismatches_are_refused(tmp_path):
-    from gpt.manifest import tokenizer_sha256
-
     data = make_shards(tmp_path / "shards")
     manifest_for(data, VOCAB, "0" * 64)
-    with pytest.raises(ManifestError, match="sha256"):
+    with pytest.raises(ManifestError, match="is not the tokenizer the shards .* were made with"):
         run(tmp_path, "--tokenizer", "gpt2", data=data)
+    with pytest.raises(ManifestError, match="changed since the shards were made"):
+        run(tmp_path, data=data)  # the manifest's own tokenizer is checked too, never used unverified
     manifest_for(data, 50257, tokenizer_sha256("gpt2"))
     with pytest.raises(UserError, match="50257"):
         run(tmp_path, data=data)  # 64 embeddings cannot hold GPT-2's ids
-    manifest_for(data, VOCAB, "0" * 64)
-    status, _ = run(tmp_path, "--max-steps", 1, data=data)  # no --tokenizer: nothing to compare with
+    manifest_for(data, VOCAB, tokenizer_sha256("gpt2"))
+    status, _ = run(tmp_path, "--max-steps", 1, data=data)
     assert status == 0
 
 
 def test_manifest_sets_the_vocab_when_unset(tmp_path):
     data = make_shards(tmp_path / "shards", vocab=60)
-    manifest_for(data, 60, "0" * 64)
+    manifest_for(data, 60, tokenizer_sha256("gpt2"))
     status, out = run(tmp_path, "--max-steps", 1, "--vocab-size", "none", data=data)
     assert status == 0
     meta = json.loads((out / "ckpt_0000001" / "meta.json").read_text())
@@ -349,7 +361,6 @@ def test_the_manifests_vocab_is_used_from_any_directory_and_never_replaced(tmp_p
     import warnings
 
     import bpe_fast
-    from gpt.manifest import tokenizer_sha256
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -365,7 +376,7 @@ def test_the_manifests_vocab_is_used_from_any_directory_and_never_replaced(tmp_p
     meta = json.loads((out / "ckpt_0000002" / "meta.json").read_text())
     assert meta["tokenizer"]["spec"] == str((data / "vocab.json").resolve())
     (data / "vocab.json").unlink()
-    with pytest.raises(UserError, match="names the tokenizer vocab.json, which is not there"):
+    with pytest.raises(UserError, match="names the tokenizer .*vocab.json, which is missing"):
         train.main([*TINY, *sampling, "--data", str(data), "--out", str(tmp_path / "out2")])
 
 
@@ -386,7 +397,10 @@ def test_config_precedence_and_presets():
     assert tiny["hellaswag"] is None and tiny["log_every"] == 1 and not tiny["compile"]
     assert parse_config(["--stop-at-step", "none"]).stop_at_step is None
     assert parse_config([]) == TrainConfig()
-    with pytest.raises(ConfigError, match="unknown preset 'gpt5': choose one of gpt2-124m, tiny-cpu"):
+    with pytest.raises(
+        ConfigError,
+        match="unknown preset 'gpt5': choose one of gpt2-124m, gpt2-1558m, gpt2-350m, gpt2-774m, tiny-cpu",
+    ):
         parse_config(["--preset", "gpt5"])
 
 

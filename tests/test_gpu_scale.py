@@ -1,8 +1,5 @@
 """benches/gpu_scale.sh, the prepared GPU check of issue 15, in its CPU dry run (DRY_RUN=1: the same
-launches, flags and summary with the tiny-cpu shape), and its summary's verdicts.
-
-The --fsdp modes need gpt.train to accept --fsdp (issue 15, phase 2); until then that test skips and is
-not a pass."""
+launches, flags and summary with the tiny-cpu shape), and its summary's verdicts."""
 
 from __future__ import annotations
 
@@ -13,8 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from gpt.config import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -69,8 +64,6 @@ def test_dry_run_of_the_plain_mode(tmp_path):
 
 @pytest.mark.slow
 def test_dry_run_of_the_fsdp_modes(tmp_path):
-    if not any("--fsdp" in action.option_strings for action in build_parser()._actions):
-        pytest.skip("gpt.train has no --fsdp yet (issue 15, phase 2): the FSDP dry run is not run")
     result, report, _ = dry_run(tmp_path, "plain fsdp fsdp-ac")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     plain = check_mode(report, "plain")
