@@ -31,6 +31,24 @@ try:  # an installed bpe_fast (maturin develop / pip install) wins; else the sou
     import bpe_fast  # noqa: F401
 except ImportError:
     sys.path.insert(0, str(REPO / "python"))
+    import bpe_fast  # noqa: F401
+
+
+def _child_python_path() -> str:
+    """PYTHONPATH for a child Python that must import the same bpe_fast as this process, plus gpt/ and lora/.
+
+    After `pip install .` the source tree's python/bpe_fast has no compiled extension, so it must not be put
+    ahead of the installed package (CI's clean clone); it is added only when this process imported it.
+    """
+    entries = [str(REPO)]
+    package_parent = Path(bpe_fast.__file__).resolve().parent.parent
+    if package_parent == REPO / "python":
+        entries.insert(0, str(package_parent))
+    inherited = os.environ.get("PYTHONPATH", "")
+    return os.pathsep.join(entries + ([inherited] if inherited else []))
+
+
+CHILD_PYTHONPATH = _child_python_path()
 
 CORPORA = REPO / "python" / "bpe_fast" / "samples" / "corpora"
 

@@ -324,9 +324,11 @@ def test_gpt2_files_are_in_bpe_order_and_a_reordered_copy_is_refused(gpt2):
         Tokenizer.from_parts(tokens, reordered, gpt2.special_tokens, "gpt2")
 
 
-def test_version_has_one_source(monkeypatch):
+def test_version_has_one_source():
+    import os
     import re
-    from importlib import metadata
+    import subprocess
+    import sys
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
@@ -335,12 +337,27 @@ def test_version_has_one_source(monkeypatch):
     assert 'dynamic = ["version"]' in project and not re.search(r"^version\s*=", project, re.M)
     assert bpe_fast.__version__ == cargo
 
-    # A source checkout that was never installed reads Cargo.toml itself (no copy of the string).
-    def not_installed(name):
-        raise metadata.PackageNotFoundError(name)
-
-    monkeypatch.setattr(metadata, "version", not_installed)
-    assert bpe_fast._version() == cargo
+    # A source checkout that was never installed reads Cargo.toml itself (no copy of the string). Run in a
+    # child importing the source tree's package: the one imported here may be an installed wheel (CI).
+    source_tree_without_metadata = (
+        "from importlib import metadata\n"
+        "def not_installed(name):\n"
+        "    raise metadata.PackageNotFoundError(name)\n"
+        "metadata.version = not_installed\n"
+        "import bpe_fast\n"
+        "print(bpe_fast.__version__)\n"
+        "print(bpe_fast.__file__)\n"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", source_tree_without_metadata],
+        env={**os.environ, "PYTHONPATH": str(repo / "python")},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    version, package_file = child.stdout.split()
+    assert Path(package_file).resolve().is_relative_to(repo / "python")
+    assert version == cargo
 
 
 def test_hypothesis_examples_come_from_the_environment(tmp_path):

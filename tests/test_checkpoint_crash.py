@@ -23,13 +23,14 @@ from safetensors.torch import load_file
 
 import gpt.train as train
 from bpe_fast.files import TEMP_SUFFIX
+from conftest import CHILD_PYTHONPATH
 from gpt.checkpoint import MODEL_FILE, latest_checkpoint, list_checkpoints, load_model, recover_checkpoints
 from gpt.shards import write_shard
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {
     **os.environ,
-    "PYTHONPATH": os.pathsep.join([str(REPO / "python"), str(REPO), os.environ.get("PYTHONPATH", "")]),
+    "PYTHONPATH": CHILD_PYTHONPATH,
 }
 VOCAB = 64
 TINY = [

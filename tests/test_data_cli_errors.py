@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import bpe_fast
+from conftest import CHILD_PYTHONPATH
 from gpt.shards import write_shard
 from gpt.tokenizer import EOT_TEXT
 
@@ -114,7 +115,7 @@ PIPELINE = [
 def run_cli(work: Path, module: str, args: list[str]) -> tuple[subprocess.CompletedProcess, float]:
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO / "python"), str(REPO)]),
+        "PYTHONPATH": CHILD_PYTHONPATH,
         "HF_HUB_OFFLINE": "1",
     }
     started = time.monotonic()

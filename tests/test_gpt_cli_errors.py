@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import bpe_fast
+from conftest import CHILD_PYTHONPATH
 from gpt.checkpoint import save_checkpoint
 from gpt.model import GPT, GPTConfig
 from gpt.shards import write_shard
@@ -270,7 +271,7 @@ def test_user_error_is_one_line(module, argv, expected, env, place, monkeypatch,
 )
 def test_entry_points_answer_in_one_line_as_processes(module, argv, expected, place):
     env = {**os.environ, **{k: fill(v, place) for k, v in OFFLINE.items()}}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "python"), str(REPO), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = CHILD_PYTHONPATH
     started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", f"gpt.{module}", *(fill(a, place) for a in argv)],

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import bpe_fast
-from conftest import corpus_slice
+from conftest import CHILD_PYTHONPATH, corpus_slice
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = 512
@@ -28,7 +28,7 @@ TRAIN = [
 
 
 def command(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "python"), str(REPO)])}
+    env = {**os.environ, "PYTHONPATH": CHILD_PYTHONPATH}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(name, None)
     cwd.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ import pytest
 from safetensors.torch import load_file
 
 import gpt.train as train
+from conftest import CHILD_PYTHONPATH
 from gpt.shards import write_shard
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ def torchrun(
 ) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
-        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "PYTHONPATH": CHILD_PYTHONPATH,
         **(env or {}),
     }
     env.pop("RANK", None)

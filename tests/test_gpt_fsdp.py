@@ -18,7 +18,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 import bpe_fast
-from conftest import corpus_slice
+from conftest import CHILD_PYTHONPATH, corpus_slice
 from gpt.fsdp import (
     FSDPOptions,
     check_shared_directory,
@@ -49,7 +49,7 @@ TRAIN = [
 
 
 def torchrun(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "python"), str(REPO)])}
+    env = {**os.environ, "PYTHONPATH": CHILD_PYTHONPATH}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -166,7 +166,7 @@ def test_the_sharded_checkpoint_holds_each_ranks_half(runs):
 @pytest.mark.slow
 def test_fsdp_checkpoint_exports_like_the_ddp_one(runs, tmp_path):
     folder, _ = runs
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "python"), str(REPO)])}
+    env = {**os.environ, "PYTHONPATH": CHILD_PYTHONPATH}
     for mode in ("ddp", "fsdp"):
         command = [sys.executable, "-m", "gpt.export", "--checkpoint", str(folder / mode), "--out", mode]
         result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import CHILD_PYTHONPATH
 from gpt.checkpoint import load_model
 from gpt.shards import write_shard
 
@@ -52,7 +53,7 @@ def free_port() -> int:
 
 
 def launch_env() -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": CHILD_PYTHONPATH}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     env["GLOO_SOCKET_IFNAME"] = "lo"  # gloo would otherwise pick the hostname's interface

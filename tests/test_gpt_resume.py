@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 import gpt.train as train
 from bpe_fast import files
+from conftest import CHILD_PYTHONPATH
 from gpt.shards import write_shard
 from gpt.shards.manifest import tokenizer_sha256
 
@@ -125,7 +126,7 @@ def test_real_sigterm_checkpoints_and_resumes_exactly(tmp_path):
     max_steps = "3000"  # long enough that the signal surely arrives mid-run
     common = [*TINY, "--data", str(data), "--max-steps", max_steps]
     killed = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": CHILD_PYTHONPATH}
     proc = subprocess.Popen(
         [sys.executable, "-m", "gpt.train", *common, "--out", str(killed)],
         cwd=REPO,

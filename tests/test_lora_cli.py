@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bpe_fast.files import MARKER_NAME
+from conftest import CHILD_PYTHONPATH
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,9 +43,7 @@ def fakes(tmp_path_factory):
 
 
 def run_cli(module: str, args, cwd: Path):
-    env = dict(
-        os.environ, HF_HUB_OFFLINE="1", COLUMNS="200", PYTHONPATH=f"{REPO / 'python'}{os.pathsep}{REPO}"
-    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1", COLUMNS="200", PYTHONPATH=CHILD_PYTHONPATH)
     started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", module, *[str(a) for a in args]],

@@ -16,6 +16,7 @@ import pytest
 pytest.importorskip("peft")
 
 from bpe_fast.files import MARKER_NAME, TEMP_SUFFIX  # noqa: E402
+from conftest import CHILD_PYTHONPATH  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,7 +73,7 @@ for line in sys.stdin:
 
 
 def manager(out: Path) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=f"{REPO / 'python'}{os.pathsep}{REPO}", OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=CHILD_PYTHONPATH, OMP_NUM_THREADS="1")
     return subprocess.Popen(
         [sys.executable, "-c", WRITER, str(out)],
         env=env,

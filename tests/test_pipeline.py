@@ -13,7 +13,7 @@ import pytest
 
 from bpe_fast.cliutil import UserError
 from bpe_fast.files import OverwriteRefused
-from conftest import CORPORA
+from conftest import CHILD_PYTHONPATH, CORPORA
 from gpt import pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,7 +151,7 @@ def test_the_real_pipeline_end_to_end_then_reused(tmp_path):
     corpus.write_text(
         (CORPORA / "tinyshakespeare.txt").read_text(encoding="utf-8")[:60_000], encoding="utf-8"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "python"), str(REPO)])}
+    env = {**os.environ, "PYTHONPATH": CHILD_PYTHONPATH}
     command = [sys.executable, "-m", "gpt.pipeline", "--corpus", str(corpus), "--vocab", "300", "--max-steps", "4",
                "--val-every", "2", "--val-steps", "1", "--shard-size", "5000"]  # fmt: skip
     first = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

@@ -14,7 +14,7 @@ import pytest
 
 import bpe_fast
 from bpe_fast.cliutil import UserError
-from conftest import CORPORA
+from conftest import CHILD_PYTHONPATH, CORPORA
 from gpt.prepare import main
 from gpt.shards import read_header, read_shard
 from gpt.shards import sources as shard_sources
@@ -779,7 +779,7 @@ def test_prepare_runs_from_another_working_directory(gpt2, corpus_files, tmp_pat
     for path in corpus_files:
         (work / "corpus" / path.name).write_bytes(path.read_bytes())
     gpt2.save(work / "vocab.json")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "python"), str(REPO)])}
+    env = {**os.environ, "PYTHONPATH": CHILD_PYTHONPATH}
     result = subprocess.run(
         [sys.executable, "-m", "gpt.prepare", "--files", "corpus/*.txt", "--doc-sep", "\\n\\n", "--tokenizer",
          "vocab.json", "--out", "shards", "--no-progress", "-q"],

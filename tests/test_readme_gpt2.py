@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CORPORA
+from conftest import CHILD_PYTHONPATH, CORPORA
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def test_readme_gpt2_block_runs_as_written(tmp_path):
     (tmp_path / "corpus").mkdir()
     for i in range(6):
         (tmp_path / "corpus" / f"part{i}.txt").write_text(text[i * 8_000 : (i + 1) * 8_000], encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "python"), str(REPO)])}
+    env = {**os.environ, "PYTHONPATH": CHILD_PYTHONPATH}
 
     def run(argv: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
         assert argv[0] == "python"

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import CHILD_PYTHONPATH
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -33,7 +35,7 @@ def cli_env(tmp_path) -> dict[str, str]:
     shim = bin_dir / "bpe-fast"
     shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m bpe_fast "$@"\n')
     shim.chmod(0o755)
-    python_path = os.pathsep.join([str(REPO / "python"), os.environ.get("PYTHONPATH", "")])
+    python_path = CHILD_PYTHONPATH
     return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": python_path}
 
 
