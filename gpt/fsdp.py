@@ -136,6 +136,12 @@ def shard_model(model: torch.nn.Module, options: FSDPOptions = FSDPOptions(), me
     # The root holds the embeddings, the tied head and ln_f. Its parameters stay gathered after forward:
     # backward starts with the head, so freeing them would only mean gathering them again at once.
     fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=False)
+    # GPT.forward returns its logits as a slice of the padded head's output (a view), and FSDP2 warns at
+    # every such forward that an in-place op on it would skip a hook. Nothing in this repository changes
+    # the logits in place (they are only read, or passed to cross_entropy), so the warning is noise here.
+    warnings.filterwarnings(
+        "ignore", message=r"FSDP2-wrapped module \(.*\) returned a view tensor", category=UserWarning
+    )
     return model
 
 
@@ -201,7 +207,10 @@ def save_sharded(directory: str | os.PathLike, model: torch.nn.Module, optimizer
     import torch.distributed.checkpoint as dcp
 
     directory = Path(directory)
-    dcp.save(_state(model, optimizer), checkpoint_id=str(directory))
+    # overwrite=False: the callers write into a fresh temporary directory, so files already there mean a
+    # mistake, and DCP's default (overwrite, with a warning) would mix two checkpoints' shards.
+    writer = dcp.FileSystemWriter(str(directory), overwrite=False)
+    dcp.save(_state(model, optimizer), storage_writer=writer)
     return directory
 
 

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import pickle
+import shutil
 import socket
 
 import numpy as np
@@ -127,7 +128,7 @@ def test_pickled_code_in_optimizer_file_is_refused_and_never_runs(tmp_path):
     assert not marker.exists()
     # The same file through torch.save's zip container is refused too.
     torch.save({"state": Payload(marker)}, path / OPTIMIZER_FILE)
-    torch.load(path / OPTIMIZER_FILE, weights_only=False)  # an unsafe load would run it
+    torch.load(path / OPTIMIZER_FILE, weights_only=False)["state"].close()  # an unsafe load would run it
     assert marker.exists()
     marker.unlink()
     with pytest.raises(CheckpointError, match="refused to load"):
@@ -407,6 +408,12 @@ def test_sharded_weights_that_do_not_fit_or_are_not_finite_are_named(tmp_path):
     with pytest.raises(NonFiniteWeightsError, match="transformer.h.0.mlp.c_fc.weight"):
         save_sharded_checkpoint(tmp_path / "nan", model, None, meta(3))
     assert not (tmp_path / "nan").exists() or not list((tmp_path / "nan").iterdir())
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    with pytest.raises(CheckpointException) as refused:  # never over another checkpoint's shards
+        save_sharded(path / SHARDED_DIR, model)
+    assert "Checkpoint already exists" in str(refused.value.failures)
+    shutil.rmtree(path / SHARDED_DIR)
     save_sharded(path / SHARDED_DIR, model)
     (path / "meta.json").write_text(json.dumps({**meta(3), "sharded": True}))
     with pytest.raises(CheckpointError, match="transformer.h.0.mlp.c_fc.weight holds NaN"):

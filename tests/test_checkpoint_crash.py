@@ -245,6 +245,8 @@ def test_kill_9_at_random_times_never_leaves_a_broken_or_lost_checkpoint(tmp_pat
     finally:
         server.kill()
         server.wait()
+        server.stdin.close()
+        server.stdout.close()
     print(
         f"32 kills: {killed_mid_write} mid-write, {parked_only} with the old copy parked; {previous_max} steps"
     )
@@ -470,6 +472,8 @@ def test_kill_9_of_sharded_writers_never_leaves_a_broken_or_lost_checkpoint(tmp_
     finally:
         server.kill()
         server.wait()
+        server.stdin.close()
+        server.stdout.close()
     print(
         f"{trials} kills: {killed_mid_write} mid-write, {parked_only} with the old copy parked; {previous_max} steps"
     )

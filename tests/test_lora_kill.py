@@ -113,6 +113,7 @@ def test_killed_adapter_writes_leave_a_complete_output_and_no_litter(tmp_path):
     finally:
         process.stdin.close()
         process.wait(timeout=60)
+        process.stdout.close()
     assert sorted(os.listdir(tmp_path)) == ["adapter"], f"litter after the rerun (seen during: {litter_seen})"
     assert complete(out)
     assert litter_seen > 0  # the kills did land inside writes
