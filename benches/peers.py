@@ -355,21 +355,10 @@ class KitokenEncoder(Encoder):
         return self.tok.decode(ids)
 
 
-class BpeOpenaiEncoder(Encoder):
+class BpeOpenaiEncoder(TiktokenEncoder):
+    """bpe-openai's Encoding mirrors tiktoken's API (encode_ordinary, the batch call, decode_bytes)."""
+
     name = "bpe_openai"
-
-    def __init__(self, encoding, threads: int = 1):
-        super().__init__(threads)
-        self.encoding = encoding
-
-    def encode(self, text):
-        return self.encoding.encode_ordinary(text)
-
-    def encode_batch(self, texts, threads=None):
-        return self.encoding.encode_ordinary_batch(list(texts), num_threads=threads or self.threads)
-
-    def decode_bytes(self, ids):
-        return self.encoding.decode_bytes(ids)
 
 
 class RsBpeEncoder(Encoder):

@@ -379,3 +379,19 @@ def test_hypothesis_examples_come_from_the_environment(tmp_path):
         check=True,
     )
     assert result.stdout.split() == ["37", "18"]
+
+
+def test_long_texts_encode_the_same_on_any_thread_count(tiktoken_gpt2):
+    """A text of 256 KiB or more is cut into parts encoded in parallel; the cuts must not change any id
+    (through the binding: encode, encode_ordinary and encode_to_numpy, with specials in the text)."""
+    gpt2 = bpe_fast.Tokenizer.gpt2()
+    english = (CORPORA / "tinyshakespeare.txt").read_text(encoding="utf-8")[:200_000]
+    chinese = (CORPORA / "sanguo_yanyi.txt").read_text(encoding="utf-8")[:60_000]
+    text = english + "<|endoftext|>" + chinese + "   \n\n" + english[:50_000]
+    assert len(text.encode("utf-8")) > 256 * 1024
+    expected = tiktoken_gpt2.encode(text, allowed_special="all")
+    for threads in (1, 2, 3, 8):
+        assert gpt2.encode(text, allowed_special="all", num_threads=threads) == expected, threads
+        assert gpt2.encode_to_numpy(text, allowed_special="all", num_threads=threads).tolist() == expected
+    ordinary = tiktoken_gpt2.encode_ordinary(text)
+    assert gpt2.encode_ordinary(text, num_threads=2) == ordinary

@@ -569,13 +569,8 @@ impl Tokenizer {
         out: &mut Vec<u32>,
         cache: &mut ChunkCache,
     ) {
-        if len == 1 {
-            out.push(self.merger.byte_id(text[start]));
-        } else if len <= LONG_KEY_MAX {
-            match self.table.whole(text, start, len) {
-                Some(id) => out.push(id),
-                None => self.encode_piece_not_whole(text, start, len, out, cache),
-            }
+        if len <= LONG_KEY_MAX {
+            self.encode_short_piece(text, start, len, out, cache);
         } else {
             self.encode_long_chunk(text, start, len, out, cache);
         }
