@@ -139,8 +139,15 @@ def test_outputs_the_record_does_not_know_are_never_replaced_silently(fake, tmp_
 
 
 def test_the_default_corpus_is_the_bundled_one():
+    import bpe_fast
+
     config = pipeline.parse_config([])
-    assert config.corpus == CORPORA / "tinyshakespeare.txt" and config.corpus.is_file()
+    # The package's own copy (the source tree's, or the installed wheel's), and the one shipped in the repo.
+    assert (
+        config.corpus
+        == Path(bpe_fast.__file__).resolve().parent / "samples" / "corpora" / "tinyshakespeare.txt"
+    )
+    assert config.corpus.read_bytes() == (CORPORA / "tinyshakespeare.txt").read_bytes()
     assert config.threads == 1
 
 
