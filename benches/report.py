@@ -216,17 +216,14 @@ def machine_info() -> Dict[str, str]:
 
 
 def extension_stamp() -> str:
-    """Which compiled bpe_fast._core was measured (path and build time): the tree may be mid-change."""
-    import importlib.util
+    """Which compiled bpe_fast extension was measured (path and build time): the tree may be mid-change."""
+    import bpe_fast
 
-    try:
-        spec = importlib.util.find_spec("bpe_fast._core")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.origin:
+    path = bpe_fast.extension_path()
+    if path is None:
         return "not found"
-    built = datetime.datetime.fromtimestamp(Path(spec.origin).stat().st_mtime, datetime.timezone.utc)
-    return f"{spec.origin} (built {built:%Y-%m-%d %H:%M} UTC)"
+    built = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc)
+    return f"{path} (built {built:%Y-%m-%d %H:%M} UTC)"
 
 
 def run_sections(cfg: Config, args, sections, have_us: bool) -> dict:

@@ -395,3 +395,13 @@ def test_long_texts_encode_the_same_on_any_thread_count(tiktoken_gpt2):
         assert gpt2.encode_to_numpy(text, allowed_special="all", num_threads=threads).tolist() == expected
     ordinary = tiktoken_gpt2.encode_ordinary(text)
     assert gpt2.encode_ordinary(text, num_threads=2) == ordinary
+
+
+def test_extension_path_names_the_compiled_extension_of_this_package():
+    from importlib.machinery import EXTENSION_SUFFIXES
+    from pathlib import Path
+
+    path = bpe_fast.extension_path()
+    assert path is not None and path.is_file()
+    assert path.parent.resolve() == Path(bpe_fast.__file__).resolve().parent
+    assert any(path.name.endswith(suffix) for suffix in EXTENSION_SUFFIXES)

@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Optional, Union
 
+from ._native import extension_path
 from .gpt2_files import ENDOFTEXT
 from .patterns import PATTERNS
 from .tokenizer import Tokenizer
@@ -55,4 +56,14 @@ def decode(tok: Tokenizer, ids: Iterable[int]) -> str:
     return tok.decode(ids)
 
 
-__all__ = ["ENDOFTEXT", "PATTERNS", "Tokenizer", "__version__", "decode", "encode", "load", "train"]
+__all__ = [
+    "ENDOFTEXT",
+    "PATTERNS",
+    "Tokenizer",
+    "__version__",
+    "decode",
+    "encode",
+    "extension_path",
+    "load",
+    "train",
+]

@@ -7,7 +7,10 @@ call that needs Rust then fails with a hint instead of a bare ModuleNotFoundErro
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 from types import ModuleType
+from typing import Optional
 
 
 def core() -> ModuleType:
@@ -20,3 +23,14 @@ def core() -> ModuleType:
             "in the repository (or `pip install .`)"
         ) from err
     return _core
+
+
+def extension_path() -> Optional[Path]:
+    """The file of the compiled Rust extension this bpe_fast would load, or None when it is not built.
+
+    For reports and bug reports (which build was measured); finding it does not import it."""
+    try:
+        spec = importlib.util.find_spec(f"{__package__}._core")
+    except (ImportError, ValueError):
+        return None
+    return Path(spec.origin) if spec is not None and spec.origin else None
