@@ -15,7 +15,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use crate::memory_hints::prefetch;
 
 /// At or below this many bytes the quadratic scan beats the heap's bookkeeping.
-const SHORT_CHUNK: usize = 64;
+pub(crate) const SHORT_CHUNK: usize = 64;
 /// Chunks shorter than this are not looked at for split points (see `split_points`): BPE on a
 /// few bytes costs about what finding the points would.
 const SPLIT_FROM: usize = 8;
@@ -186,26 +186,51 @@ impl Merger {
             }
             return;
         }
-        let mut sym = [0u32; SHORT_CHUNK];
-        // rank[i]: rank of the pair (part i, next live part), NO_RANK when that is no merge, part
-        // i is the last or was merged away; made[i]: the id that pair makes, kept so that
-        // applying the merge needs no second lookup.
-        let mut rank = [NO_RANK; SHORT_CHUNK];
-        let mut made = [NO_RANK; SHORT_CHUNK];
-        // Live neighbours; n means "none" to the right (no part needs "none" to the left: the
-        // first part is never merged away).
-        let mut next = [0u8; SHORT_CHUNK];
-        let mut prev = [0u8; SHORT_CHUNK];
-        for i in 0..n {
-            sym[i] = self.byte_id(bytes[i]);
-            next[i] = i as u8 + 1;
-            prev[i] = i.saturating_sub(1) as u8;
+        let mut parts = ShortParts::new(n);
+        for (sym, &byte) in parts.sym.iter_mut().zip(&bytes[..n]) {
+            *sym = self.byte_id(byte);
         }
         for i in 0..n - 1 {
-            (rank[i], made[i]) = self.byte_pair(bytes[i], bytes[i + 1]);
+            (parts.rank[i], parts.made[i]) = self.byte_pair(bytes[i], bytes[i + 1]);
         }
+        self.merge_short(&mut parts, n, out);
+    }
+
+    /// BPE that starts from the symbols `ids` (at most `SHORT_CHUNK` of them) instead of single
+    /// bytes: for chunks whose multibyte characters are already whole tokens (`CharAtoms`).
+    pub(crate) fn encode_ids(&self, ids: &[u32], out: &mut Vec<u32>) {
+        let n = ids.len();
+        debug_assert!(n <= SHORT_CHUNK);
+        match n {
+            0 => {}
+            1 => out.push(ids[0]),
+            2 => match self.rank_made(ids[0], ids[1]) {
+                (NO_RANK, _) => out.extend_from_slice(ids),
+                (_, made) => out.push(made),
+            },
+            _ => {
+                let mut parts = ShortParts::new(n);
+                parts.sym[..n].copy_from_slice(ids);
+                for i in 0..n - 1 {
+                    (parts.rank[i], parts.made[i]) = self.rank_made(ids[i], ids[i + 1]);
+                }
+                self.merge_short(&mut parts, n, out);
+            }
+        }
+    }
+
+    /// The merge loop of the short paths: apply the lowest-ranked pair until none is left, then
+    /// append the live parts.
+    fn merge_short(&self, parts: &mut ShortParts, n: usize, out: &mut Vec<u32>) {
+        let ShortParts {
+            sym,
+            rank,
+            made,
+            next,
+            prev,
+        } = parts;
         loop {
-            let (best, at) = lowest_rank(&rank, n);
+            let (best, at) = lowest_rank(rank, n);
             if best == NO_RANK {
                 break;
             }
@@ -464,6 +489,39 @@ impl Merger {
             out.push(sym[pos]);
             pos = next[pos];
         }
+    }
+}
+
+/// The fixed-size stack arrays of the short paths (short chunks are the common case and must not
+/// allocate). A merged-away part stays in place with NO_RANK, and `next`/`prev` link the live ones.
+struct ShortParts {
+    sym: [u32; SHORT_CHUNK],
+    /// rank[i]: rank of the pair (part i, next live part), NO_RANK when that is no merge, part i
+    /// is the last or was merged away.
+    rank: [u32; SHORT_CHUNK],
+    /// made[i]: the id that pair makes, kept so that applying the merge needs no second lookup.
+    made: [u32; SHORT_CHUNK],
+    /// Live neighbours; n means "none" to the right (no part needs "none" to the left: the first
+    /// part is never merged away).
+    next: [u8; SHORT_CHUNK],
+    prev: [u8; SHORT_CHUNK],
+}
+
+impl ShortParts {
+    #[inline(always)]
+    fn new(n: usize) -> ShortParts {
+        let mut parts = ShortParts {
+            sym: [0; SHORT_CHUNK],
+            rank: [NO_RANK; SHORT_CHUNK],
+            made: [NO_RANK; SHORT_CHUNK],
+            next: [0; SHORT_CHUNK],
+            prev: [0; SHORT_CHUNK],
+        };
+        for i in 0..n {
+            parts.next[i] = i as u8 + 1;
+            parts.prev[i] = i.saturating_sub(1) as u8;
+        }
+        parts
     }
 }
 

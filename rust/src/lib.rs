@@ -1,6 +1,7 @@
 //! bpe_fast: exact byte-level BPE (training, encoding, decoding) as a pure-Rust core.
 //! The Python binding lives in one file, `python.rs`, compiled with the `python` feature.
 
+mod char_atoms;
 pub mod count;
 pub mod encode;
 pub mod error;

@@ -7,6 +7,7 @@ use aho_corasick::{AhoCorasick, MatchKind};
 use rayon::prelude::*;
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use crate::char_atoms::CharAtoms;
 use crate::encode::Merger;
 use crate::error::{Error, Result};
 use crate::piece_cache::PieceCache;
@@ -170,6 +171,8 @@ pub struct Tokenizer {
     /// Every token of 2..=16 bytes by its bytes: the whole-token lookup for short chunks (`whole`
     /// holds only longer ones), and BPE's pair lookup for short pieces.
     table: TokenTable,
+    /// Multibyte characters a chunk's BPE may start from (see `CharAtoms`).
+    atoms: CharAtoms,
     specials: Vec<(String, u32)>,
     /// id -> (start, len) in `decode_bytes` for the ids below its length; len u32::MAX = no such id.
     decode_spans: Vec<(u32, u32)>,
@@ -480,6 +483,12 @@ impl Tokenizer {
                 }),
         );
 
+        let atoms = if merger.is_monotone() {
+            CharAtoms::new(&tokens, &is_whole)
+        } else {
+            CharAtoms::new(&[], &[])
+        };
+
         let (decode_spans, sparse_spans, decode_bytes, vocab_size) =
             build_decode_table(&tokens, &specials)?;
 
@@ -491,6 +500,7 @@ impl Tokenizer {
             whole,
             whole_shapes,
             table,
+            atoms,
             specials,
             decode_spans,
             sparse_spans,
@@ -735,6 +745,10 @@ impl Tokenizer {
         cache: &mut ChunkCache,
     ) {
         let chunk = &text[start..start + len];
+        if self.atoms.applies(chunk) {
+            self.atoms.encode(&self.merger, chunk, out);
+            return;
+        }
         let mut piece_start = 0;
         let cuts = self.merger.split_points(chunk);
         for end in cuts.chain(std::iter::once(len)) {
@@ -1087,6 +1101,52 @@ mod tests {
             let decoded = tok.decode_bytes(ids.iter().map(|&i| u64::from(i))).unwrap();
             prop_assert_eq!(decoded, text.as_bytes());
         }
+    }
+
+    /// Characters for the atom path (`CharAtoms`): CJK, kana, Hangul, fullwidth punctuation, a
+    /// two-byte letter, ASCII. Trained without pre-tokenization ("raw") the merges join bytes
+    /// across character boundaries early, so the vocabularies are full of head and tail tokens
+    /// (a partial character plus its neighbour), the case the atoms' rules exist for.
+    const ATOM_TEXT: &str = "[三国演义中的人天下大事分久必合，。「」あいうカ한국어é a\n]";
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn atom_path_equals_byte_bpe(
+            training in proptest::string::string_regex(&format!("{ATOM_TEXT}{{10,120}}")).unwrap(),
+            text in proptest::string::string_regex(&format!("{ATOM_TEXT}{{0,60}}")).unwrap(),
+            cut in any::<(usize, usize)>(),
+            raw in any::<bool>(),
+            merges in 10usize..300,
+        ) {
+            let pattern = if raw { Pattern::Raw } else { Pattern::O200k };
+            let tok = trained(&training.repeat(3), pattern, merges);
+            let bytes = text.as_bytes();
+            // The atom path alone, on the whole text and on a piece cut anywhere (even inside a
+            // character), against BPE from single bytes.
+            let (a, b) = (cut.0 % (bytes.len() + 1), cut.1 % (bytes.len() + 1));
+            for piece in [bytes, &bytes[a.min(b)..a.max(b)]] {
+                let mut from_atoms = Vec::new();
+                tok.atoms.encode(&tok.merger, piece, &mut from_atoms);
+                prop_assert_eq!(from_atoms, crate::encode::naive::encode(&tok.merger, piece));
+            }
+            prop_assert_eq!(tok.encode_ordinary(&text).unwrap(), naive_encode(&tok, &text));
+        }
+    }
+
+    #[test]
+    fn atoms_and_their_rules_are_found_and_used() {
+        let training = "三国演义，天下大事，分久必合，合久必分。三国的人天下한국어あいう".repeat(5);
+        let tok = trained(&training, Pattern::Raw, 300);
+        // Some characters are atoms, and some of them have head or tail tokens to check.
+        assert!(tok.atoms.len() > 3, "{:?}", tok.atoms);
+        assert!(tok.atoms.rule_count() > 1, "{:?}", tok.atoms);
+        for text in [training.as_str(), "天下大事", "，三国。", "한국어 三 é"] {
+            assert!(tok.atoms.applies(text.as_bytes()));
+            assert_eq!(tok.encode_ordinary(text).unwrap(), naive_encode(&tok, text));
+        }
+        assert!(!tok.atoms.applies(b"plain ascii"));
     }
 
     #[test]

@@ -1,0 +1,351 @@
+//! Multibyte characters that BPE provably forms whole before anything else touches their bytes
+//! ("atoms"), so that BPE of a chunk may start from them as single symbols instead of from their
+//! 2-4 bytes each.
+//!
+//! Why: under vocabularies with many multi-character CJK tokens (o200k, cl100k, one trained on
+//! Chinese) a run of Chinese has no byte boundary that no merge can join, so the byte-level path
+//! (`Merger::split_points`) cannot cut it and every character costs two or three merges (each a
+//! scan and two pair lookups) before the merges that matter. Starting from atoms removes those,
+//! and the run can be cut between two atoms that no token holds side by side.
+//!
+//! A character c (a token spelling exactly one character) is an atom when BPE of c's bytes alone
+//! gives the token c (`whole`). Starting from c at one occurrence is exact when, in addition, no
+//! token covers part of c together with bytes outside it at that occurrence: such a token either
+//! ends in a proper prefix of c ("head", checked against the bytes before c) or starts with a
+//! proper suffix of c ("tail", checked against the bytes after c). Then:
+//! - no merge crosses c's boundaries before c is whole (its product would be such a token), so
+//!   c's own merges commute with every other merge and happen exactly as BPE of c alone;
+//! - a merge with c as an operand ranks after the merge that makes c (merge lists are checked
+//!   to be in BPE order when a tokenizer is built), so none fires earlier than it would have.
+//!
+//! The sequence of the remaining merges, hence the result, is the same. Two adjacent atoms a, b
+//! whose bytes side by side occur in no token can never be joined (the product of a merge across
+//! them would hold all of a followed by all of b), so the chunk is cut there and each segment
+//! encodes alone, exactly as in `Merger::split_points`.
+//!
+//! The proof is checked by tests against the byte-level encoder, the naive reference and
+//! tiktoken, on vocabularies rich in such fragment tokens.
+
+use rustc_hash::FxHashMap;
+
+use crate::encode::{Merger, SHORT_CHUNK};
+
+/// No atom for this code point (in `CharAtoms::slot`).
+const NOT_ATOM: u16 = 0;
+
+/// Where an atom may not be pre-formed: the byte strings that, right before it, complete a head
+/// token, and those that, right after it, complete a tail token. Most occurrences are cleared by
+/// one bit test of the byte next to the character.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Hash)]
+struct Rule {
+    /// Bit b set: some string of `before` ends with byte b.
+    before_last: [u64; 4],
+    /// Bit b set: some string of `after` starts with byte b.
+    after_first: [u64; 4],
+    before: Vec<Vec<u8>>,
+    after: Vec<Vec<u8>>,
+}
+
+fn has_bit(set: &[u64; 4], byte: u8) -> bool {
+    set[usize::from(byte >> 6)] >> (byte & 63) & 1 == 1
+}
+
+fn set_bit(set: &mut [u64; 4], byte: u8) {
+    set[usize::from(byte >> 6)] |= 1 << (byte & 63);
+}
+
+impl Rule {
+    fn new(mut before: Vec<Vec<u8>>, mut after: Vec<Vec<u8>>) -> Rule {
+        before.sort();
+        before.dedup();
+        after.sort();
+        after.dedup();
+        let mut rule = Rule::default();
+        for s in &before {
+            set_bit(&mut rule.before_last, s[s.len() - 1]);
+        }
+        for s in &after {
+            set_bit(&mut rule.after_first, s[0]);
+        }
+        rule.before = before;
+        rule.after = after;
+        rule
+    }
+
+    /// Whether a head or tail token may cover part of the character at `chunk[start..end]`.
+    #[inline]
+    fn blocks(&self, chunk: &[u8], start: usize, end: usize) -> bool {
+        (start > 0
+            && has_bit(&self.before_last, chunk[start - 1])
+            && self.before.iter().any(|s| chunk[..start].ends_with(s)))
+            || (end < chunk.len()
+                && has_bit(&self.after_first, chunk[end])
+                && self.after.iter().any(|s| chunk[end..].starts_with(s)))
+    }
+}
+
+fn is_continuation(byte: u8) -> bool {
+    byte & 0xC0 == 0x80
+}
+
+/// Length of the UTF-8 sequence a byte leads (1 for ASCII, continuation and invalid bytes).
+fn sequence_len(byte: u8) -> usize {
+    match byte {
+        0xC2..=0xDF => 2,
+        0xE0..=0xEF => 3,
+        0xF0..=0xF4 => 4,
+        _ => 1,
+    }
+}
+
+/// The character of 2 or 3 bytes at `bytes[at..]`, as (code point, length), when it is complete
+/// and well-formed (no overlong form, no surrogate). Atoms are kept for the BMP only.
+#[inline(always)]
+fn bmp_char_at(bytes: &[u8], at: usize) -> Option<(u32, usize)> {
+    let lead = *bytes.get(at)?;
+    let cont = |k: usize| {
+        bytes
+            .get(at + k)
+            .copied()
+            .filter(|&b| is_continuation(b))
+            .map(|b| u32::from(b & 0x3F))
+    };
+    match lead {
+        0xC2..=0xDF => Some(((u32::from(lead & 0x1F) << 6) | cont(1)?, 2)),
+        0xE0..=0xEF => {
+            let cp = (u32::from(lead & 0x0F) << 12) | (cont(1)? << 6) | cont(2)?;
+            (cp >= 0x800 && !(0xD800..0xE000).contains(&cp)).then_some((cp, 3))
+        }
+        _ => None,
+    }
+}
+
+/// Bits of the one-hash filter per pair of adjacent atoms it holds: false positives (a cut not
+/// taken) stay under a few percent, and the filter of a 200k vocabulary stays in L2.
+const FILTER_BITS_PER_PAIR: usize = 16;
+
+pub(crate) struct CharAtoms {
+    /// BMP code point -> index into `atoms` (NOT_ATOM: none). Empty when there are no atoms.
+    slot: Box<[u16]>,
+    /// (token id, index into `rules`; 0 = no rule, pre-formable anywhere). Entry 0 is unused.
+    atoms: Vec<(u32, u32)>,
+    rules: Vec<Rule>,
+    /// Pairs of atoms that occur side by side in some token, as bits of a one-hash filter.
+    pairs: Box<[u64]>,
+}
+
+impl CharAtoms {
+    /// The atoms of a vocabulary: `tokens` with `whole[i]` saying whether BPE of the bytes of
+    /// `tokens[i]` gives that token.
+    pub(crate) fn new(tokens: &[(u32, Vec<u8>)], whole: &[bool]) -> CharAtoms {
+        // Heads: token = outside bytes + a proper prefix of a character; keyed by that prefix.
+        // Tails: token = a proper suffix of a character + outside bytes; keyed by that suffix.
+        let mut heads: FxHashMap<&[u8], Vec<Vec<u8>>> = FxHashMap::default();
+        let mut tails: FxHashMap<&[u8], Vec<Vec<u8>>> = FxHashMap::default();
+        let mut atoms = vec![(u32::MAX, 0)];
+        let mut atom_bytes: Vec<(u32, &[u8])> = Vec::new();
+        for ((id, bytes), &is_whole) in tokens.iter().zip(whole) {
+            let leading = bytes.iter().take_while(|&&b| is_continuation(b)).count();
+            if leading > 0 && leading < bytes.len() {
+                tails
+                    .entry(&bytes[..leading])
+                    .or_default()
+                    .push(bytes[leading..].to_vec());
+            }
+            if let Some(last_lead) = bytes.iter().rposition(|&b| !is_continuation(b)) {
+                if last_lead > 0 && sequence_len(bytes[last_lead]) > bytes.len() - last_lead {
+                    heads
+                        .entry(&bytes[last_lead..])
+                        .or_default()
+                        .push(bytes[..last_lead].to_vec());
+                }
+            }
+            if is_whole && (2..=3).contains(&bytes.len()) {
+                if let Some((cp, len)) = bmp_char_at(bytes, 0) {
+                    if len == bytes.len() && atoms.len() < usize::from(u16::MAX) {
+                        atom_bytes.push((cp, bytes));
+                        atoms.push((*id, 0));
+                    }
+                }
+            }
+        }
+        if atom_bytes.is_empty() {
+            return CharAtoms {
+                slot: Box::new([]),
+                atoms: Vec::new(),
+                rules: Vec::new(),
+                pairs: Box::new([0]),
+            };
+        }
+        let mut slot = vec![NOT_ATOM; 1 << 16].into_boxed_slice();
+        let mut rules = vec![Rule::default()];
+        let mut rule_index: FxHashMap<Rule, u32> = FxHashMap::default();
+        rule_index.insert(Rule::default(), 0);
+        for (k, &(cp, bytes)) in atom_bytes.iter().enumerate() {
+            let index = k + 1;
+            slot[cp as usize] = index as u16;
+            let mut before = Vec::new();
+            let mut after = Vec::new();
+            for cut in 1..bytes.len() {
+                before.extend(heads.get(&bytes[..cut]).into_iter().flatten().cloned());
+                after.extend(tails.get(&bytes[cut..]).into_iter().flatten().cloned());
+            }
+            if before.is_empty() && after.is_empty() {
+                continue;
+            }
+            let rule = Rule::new(before, after);
+            let next = rules.len() as u32;
+            let at = *rule_index.entry(rule.clone()).or_insert(next);
+            if at == next {
+                rules.push(rule);
+            }
+            atoms[index].1 = at;
+        }
+        let mut adjacent: Vec<u64> = Vec::new();
+        for (_, bytes) in tokens {
+            let mut at = 0;
+            while at < bytes.len() {
+                let Some((first, len)) = bmp_char_at(bytes, at) else {
+                    at += 1;
+                    continue;
+                };
+                if slot[first as usize] != NOT_ATOM {
+                    if let Some((second, _)) = bmp_char_at(bytes, at + len) {
+                        if slot[second as usize] != NOT_ATOM {
+                            adjacent.push(pair_key(first, second));
+                        }
+                    }
+                }
+                // Every byte offset, not just character starts: a token may begin mid-character.
+                at += 1;
+            }
+        }
+        adjacent.sort_unstable();
+        adjacent.dedup();
+        let bits = (adjacent.len() * FILTER_BITS_PER_PAIR)
+            .next_power_of_two()
+            .max(1 << 12);
+        let mut pairs = vec![0u64; bits / 64].into_boxed_slice();
+        for key in adjacent {
+            let bit = filter_bit(key, bits);
+            pairs[bit / 64] |= 1 << (bit % 64);
+        }
+        CharAtoms {
+            slot,
+            atoms,
+            rules,
+            pairs,
+        }
+    }
+
+    /// Whether `chunk` is worth encoding from atoms: it holds a CJK or Hangul character (lead
+    /// bytes E3..ED; continuation bytes are below them), scripts whose characters are mostly atoms
+    /// and whose runs the byte-level path cannot cut. (A chunk often starts with a fullwidth
+    /// comma, lead byte EF, so the first non-ASCII byte alone is not the test.)
+    #[inline]
+    pub(crate) fn applies(&self, chunk: &[u8]) -> bool {
+        !self.slot.is_empty() && chunk.iter().any(|b| (0xE3..=0xED).contains(b))
+    }
+
+    /// The atom token for the character `cp` at `chunk[start..end]`, when pre-forming it there is
+    /// exact (see the module docs).
+    #[inline(always)]
+    fn atom_at(&self, chunk: &[u8], start: usize, end: usize, cp: u32) -> Option<u32> {
+        let index = self.slot.get(cp as usize).copied().unwrap_or(NOT_ATOM);
+        if index == NOT_ATOM {
+            return None;
+        }
+        let (id, rule) = self.atoms[usize::from(index)];
+        if rule != 0 && self.rules[rule as usize].blocks(chunk, start, end) {
+            return None;
+        }
+        Some(id)
+    }
+
+    /// Whether some token may hold atom `first` directly followed by atom `second` (never false
+    /// when one does).
+    #[inline(always)]
+    fn may_join(&self, first: u32, second: u32) -> bool {
+        let bit = filter_bit(pair_key(first, second), self.pairs.len() * 64);
+        self.pairs[bit / 64] >> (bit % 64) & 1 == 1
+    }
+
+    /// Appends the BPE encoding of `chunk` to `out`, starting from its atoms and cutting between
+    /// atoms that no token joins. Segments of more than `SHORT_CHUNK` symbols (a long run with no
+    /// cut) are encoded from their bytes by `Merger::encode_unsplit`: a cut is final, so BPE of a
+    /// segment's bytes alone equals its part of the whole.
+    pub(crate) fn encode(&self, merger: &Merger, chunk: &[u8], out: &mut Vec<u32>) {
+        let mut segment = [0u32; SHORT_CHUNK];
+        let mut symbols = 0;
+        let mut segment_start = 0;
+        // The code point of the segment's last symbol when that is an atom.
+        let mut last_atom: Option<u32> = None;
+        let flush =
+            |segment: &[u32; SHORT_CHUNK], symbols: usize, bytes: &[u8], out: &mut Vec<u32>| {
+                if symbols <= SHORT_CHUNK {
+                    merger.encode_ids(&segment[..symbols], out);
+                } else {
+                    merger.encode_unsplit(bytes, out);
+                }
+            };
+        let mut at = 0;
+        while at < chunk.len() {
+            let byte = chunk[at];
+            if byte >= 0xC2 {
+                if let Some((cp, len)) = bmp_char_at(chunk, at) {
+                    if let Some(id) = self.atom_at(chunk, at, at + len, cp) {
+                        if last_atom.is_some_and(|before| !self.may_join(before, cp)) {
+                            flush(&segment, symbols, &chunk[segment_start..at], out);
+                            segment_start = at;
+                            symbols = 0;
+                        }
+                        if symbols < SHORT_CHUNK {
+                            segment[symbols] = id;
+                        }
+                        symbols += 1;
+                        last_atom = Some(cp);
+                        at += len;
+                        continue;
+                    }
+                }
+            }
+            if symbols < SHORT_CHUNK {
+                segment[symbols] = merger.byte_id(byte);
+            }
+            symbols += 1;
+            last_atom = None;
+            at += 1;
+        }
+        flush(&segment, symbols, &chunk[segment_start..], out);
+    }
+
+    /// Number of atoms.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.atoms.len().saturating_sub(1)
+    }
+
+    /// Number of distinct rules, the empty one included.
+    #[cfg(test)]
+    pub(crate) fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+}
+
+impl std::fmt::Debug for CharAtoms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CharAtoms")
+            .field("atoms", &self.atoms.len().saturating_sub(1))
+            .field("rules", &self.rules.len())
+            .field("pair_filter_bits", &(self.pairs.len() * 64))
+            .finish()
+    }
+}
+
+fn pair_key(first: u32, second: u32) -> u64 {
+    u64::from(first) << 21 | u64::from(second)
+}
+
+fn filter_bit(key: u64, bits: usize) -> usize {
+    (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize & (bits - 1)
+}
