@@ -153,7 +153,7 @@ impl Merger {
 
     /// (rank, made) of a pair, or (NO_RANK, _) when it is not a merge: one hash lookup where
     /// `rank` followed by `made` would take two.
-    fn rank_made(&self, left: u32, right: u32) -> (u32, u32) {
+    pub(crate) fn rank_made(&self, left: u32, right: u32) -> (u32, u32) {
         self.ranks
             .get(&key(left, right))
             .copied()
@@ -193,18 +193,26 @@ impl Merger {
         for i in 0..n - 1 {
             (parts.rank[i], parts.made[i]) = self.byte_pair(bytes[i], bytes[i + 1]);
         }
-        self.merge_short(&mut parts, n, out);
+        self.merge_short(&mut parts, n, out, |left, right| {
+            self.rank_made(left, right)
+        });
     }
 
     /// BPE that starts from the symbols `ids` (at most `SHORT_CHUNK` of them) instead of single
     /// bytes: for chunks whose multibyte characters are already whole tokens (`CharAtoms`).
-    pub(crate) fn encode_ids(&self, ids: &[u32], out: &mut Vec<u32>) {
+    /// `rank_made` answers the pair question: `Merger::rank_made` or a table in front of it.
+    pub(crate) fn encode_ids(
+        &self,
+        ids: &[u32],
+        out: &mut Vec<u32>,
+        rank_made: impl Fn(u32, u32) -> (u32, u32),
+    ) {
         let n = ids.len();
         debug_assert!(n <= SHORT_CHUNK);
         match n {
             0 => {}
             1 => out.push(ids[0]),
-            2 => match self.rank_made(ids[0], ids[1]) {
+            2 => match rank_made(ids[0], ids[1]) {
                 (NO_RANK, _) => out.extend_from_slice(ids),
                 (_, made) => out.push(made),
             },
@@ -212,16 +220,23 @@ impl Merger {
                 let mut parts = ShortParts::new(n);
                 parts.sym[..n].copy_from_slice(ids);
                 for i in 0..n - 1 {
-                    (parts.rank[i], parts.made[i]) = self.rank_made(ids[i], ids[i + 1]);
+                    (parts.rank[i], parts.made[i]) = rank_made(ids[i], ids[i + 1]);
                 }
-                self.merge_short(&mut parts, n, out);
+                self.merge_short(&mut parts, n, out, rank_made);
             }
         }
     }
 
     /// The merge loop of the short paths: apply the lowest-ranked pair until none is left, then
     /// append the live parts.
-    fn merge_short(&self, parts: &mut ShortParts, n: usize, out: &mut Vec<u32>) {
+    #[inline(always)]
+    fn merge_short(
+        &self,
+        parts: &mut ShortParts,
+        n: usize,
+        out: &mut Vec<u32>,
+        rank_made: impl Fn(u32, u32) -> (u32, u32),
+    ) {
         let ShortParts {
             sym,
             rank,
@@ -241,13 +256,13 @@ impl Merger {
             next[at] = after as u8;
             if after < n {
                 prev[after] = at as u8;
-                (rank[at], made[at]) = self.rank_made(sym[at], sym[after]);
+                (rank[at], made[at]) = rank_made(sym[at], sym[after]);
             } else {
                 rank[at] = NO_RANK;
             }
             if at > 0 {
                 let before = usize::from(prev[at]);
-                (rank[before], made[before]) = self.rank_made(sym[before], sym[at]);
+                (rank[before], made[before]) = rank_made(sym[before], sym[at]);
             }
         }
         let mut i = 0;

@@ -7,7 +7,7 @@ use aho_corasick::{AhoCorasick, MatchKind};
 use rayon::prelude::*;
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::char_atoms::CharAtoms;
+use crate::char_atoms::{CharAtoms, MIN_THREE_BYTE_ATOMS};
 use crate::encode::Merger;
 use crate::error::{Error, Result};
 use crate::piece_cache::PieceCache;
@@ -356,6 +356,8 @@ impl Tokenizer {
             tokens.iter().map(|(id, b)| (*id, b.as_slice())).collect();
         let mut merger = Merger::new(byte_ids);
         let mut produced: FxHashMap<u32, usize> = FxHashMap::default();
+        // made_by_rank[rank]: the id merge `rank` makes.
+        let mut made_by_rank: Vec<u32> = Vec::with_capacity(merges.len());
         for (rank, &(left, right)) in merges.iter().enumerate() {
             let where_ = || format!("merge {rank} ({left}, {right})");
             let (Some(l), Some(r)) = (bytes_of.get(&left), bytes_of.get(&right)) else {
@@ -396,6 +398,7 @@ impl Tokenizer {
                     where_(),
                 ));
             }
+            made_by_rank.push(made);
             if !merger.push(left, right, made) {
                 return Err(Error::invalid_data("duplicate merge", where_()));
             }
@@ -484,9 +487,15 @@ impl Tokenizer {
         );
 
         let atoms = if merger.is_monotone() {
-            CharAtoms::new(&tokens, &is_whole)
+            let merges_made = merges.iter().zip(&made_by_rank);
+            CharAtoms::new(
+                &tokens,
+                &is_whole,
+                merges_made.map(|(&(left, right), &made)| (left, right, made)),
+                MIN_THREE_BYTE_ATOMS,
+            )
         } else {
-            CharAtoms::new(&[], &[])
+            CharAtoms::new(&[], &[], [], 0)
         };
 
         let (decode_spans, sparse_spans, decode_bytes, vocab_size) =
@@ -1079,6 +1088,32 @@ mod tests {
         .unwrap()
     }
 
+    /// `tok` with the atoms of its vocabulary however few (small test vocabularies fall below
+    /// `MIN_THREE_BYTE_ATOMS`, which would leave the atom path unused).
+    fn with_every_atom(mut tok: Tokenizer) -> Tokenizer {
+        let whole: Vec<bool> = tok
+            .tokens
+            .iter()
+            .map(|(id, bytes)| crate::encode::naive::encode(&tok.merger, bytes) == [*id])
+            .collect();
+        let id_of: FxHashMap<&[u8], u32> = tok
+            .tokens
+            .iter()
+            .map(|(id, b)| (b.as_slice(), *id))
+            .collect();
+        let bytes_of: FxHashMap<u32, &[u8]> = tok
+            .tokens
+            .iter()
+            .map(|(id, b)| (*id, b.as_slice()))
+            .collect();
+        let merges = tok.merges.iter().map(|&(left, right)| {
+            let joined = [bytes_of[&left], bytes_of[&right]].concat();
+            (left, right, id_of[joined.as_slice()])
+        });
+        tok.atoms = CharAtoms::new(&tok.tokens, &whole, merges.collect::<Vec<_>>(), 0);
+        tok
+    }
+
     fn naive_encode(tok: &Tokenizer, text: &str) -> Vec<u32> {
         let mut out = Vec::new();
         for chunk in tok.pattern.split(text).unwrap() {
@@ -1121,7 +1156,7 @@ mod tests {
             merges in 10usize..300,
         ) {
             let pattern = if raw { Pattern::Raw } else { Pattern::O200k };
-            let tok = trained(&training.repeat(3), pattern, merges);
+            let tok = with_every_atom(trained(&training.repeat(3), pattern, merges));
             let bytes = text.as_bytes();
             // The atom path alone, on the whole text and on a piece cut anywhere (even inside a
             // character), against BPE from single bytes.
@@ -1138,7 +1173,11 @@ mod tests {
     #[test]
     fn atoms_and_their_rules_are_found_and_used() {
         let training = "三国演义，天下大事，分久必合，合久必分。三国的人天下한국어あいう".repeat(5);
-        let tok = trained(&training, Pattern::Raw, 300);
+        // A vocabulary with fewer than MIN_THREE_BYTE_ATOMS of them keeps the byte-level path.
+        let few = trained(&training, Pattern::Raw, 300);
+        assert_eq!(few.atoms.len(), 0);
+        assert!(!few.atoms.applies(training.as_bytes()));
+        let tok = with_every_atom(few);
         // Some characters are atoms, and some of them have head or tail tokens to check.
         assert!(tok.atoms.len() > 3, "{:?}", tok.atoms);
         assert!(tok.atoms.rule_count() > 1, "{:?}", tok.atoms);
