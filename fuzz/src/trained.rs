@@ -42,3 +42,37 @@ pub fn train_tokenizer(texts: &[&str], pattern: Pattern, num_merges: usize) -> T
         .collect();
     Tokenizer::new(tokens, merges, specials, pattern).expect("a trained vocab loads")
 }
+
+/// Distinct CJK characters in `cjk_corpus`: more than `MIN_THREE_BYTE_ATOMS` (300), so that a
+/// tokenizer trained on it encodes CJK from whole characters (rust/src/char_atoms.rs).
+const CJK_CHARACTERS: u32 = 480;
+
+/// Chinese-like text over `CJK_CHARACTERS` ideographs from U+4E00: each alone on a line six times
+/// (so that training makes a token of every one), then clauses of them in a fixed shuffled order
+/// with fullwidth commas, full stops and newlines, twice (tokens across character boundaries,
+/// whole or in part: the head and tail tokens the atoms' rules are for).
+pub fn cjk_corpus() -> String {
+    let ideograph = |at: u32| char::from_u32(0x4E00 + at).expect("a CJK ideograph");
+    let mut text = String::new();
+    for _ in 0..6 {
+        for at in 0..CJK_CHARACTERS {
+            text.push(ideograph(at));
+            text.push('\n');
+        }
+    }
+    let mut state: u32 = 12_345;
+    for round in 0..2 {
+        for k in 0..CJK_CHARACTERS {
+            // k * 167 permutes 0..480 (167 is prime to 480); each round starts elsewhere. A
+            // linear congruential generator places the punctuation.
+            text.push(ideograph((k * 167 + round * 89) % CJK_CHARACTERS));
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            match (state >> 16) % 9 {
+                0 => text.push('，'),
+                1 => text.push_str("。\n"),
+                _ => {}
+            }
+        }
+    }
+    text
+}

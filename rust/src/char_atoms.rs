@@ -387,7 +387,6 @@ impl CharAtoms {
     }
 
     /// Number of atoms.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.atoms.len().saturating_sub(1)
     }
