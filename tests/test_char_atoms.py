@@ -1,4 +1,4 @@
-"""The atom path of the encoder (rust/src/char_atoms.rs): chunks holding CJK, kana or Hangul start BPE from
+"""The atom path of the encoder (rust/src/char_atoms.rs): chunks holding CJK, kana, Hangul or Cyrillic start BPE from
 whole-character tokens and are cut between characters no token joins. Checked against tiktoken and the
 pure-Python reference with vocabularies trained on the bundled Chinese corpus: one under o200k's pattern, and
 one whose chunks are whole lines, where merges join bytes across character boundaries early and leave many
@@ -66,9 +66,17 @@ def test_the_vocabularies_hold_what_the_atom_path_needs(chinese):
     assert partial_character_tokens(tok) > 10
 
 
-def test_every_cjk_kana_and_hangul_code_point_equals_tiktoken(chinese):
+def test_every_cyrillic_cjk_kana_and_hangul_code_point_equals_tiktoken(chinese):
     tok, encoding, _ = chinese
-    code_points = [chr(c) for c in [*range(0x3000, 0xA000), *range(0xAC00, 0xD7A4), *range(0xF900, 0xFFFE)]]
+    code_points = [
+        chr(c)
+        for c in [
+            *range(0x400, 0x530),
+            *range(0x3000, 0xA000),
+            *range(0xAC00, 0xD7A4),
+            *range(0xF900, 0xFFFE),
+        ]
+    ]
     alone = tiktoken_comparable("".join(code_points))
     assert tok.encode_ordinary(alone) == encoding.encode_ordinary(alone)
     # Each one between frequent characters, so that tokens holding part of it and part of a neighbour can apply.
@@ -89,8 +97,8 @@ def test_unseen_corpus_text_equals_tiktoken_and_decodes_back(chinese):
     assert tok.decode(ids) == text
 
 
-# Frequent characters, rarer CJK, kana, Hangul, fullwidth punctuation, a two-byte letter, ASCII.
-ALPHABET = st.sampled_from(FREQUENT + list("曹操刘备关羽張飛あいうカタ한국어，。「」！é a1\n"))
+# Frequent characters, rarer CJK, kana, Hangul, fullwidth punctuation, Cyrillic, a two-byte letter, ASCII.
+ALPHABET = st.sampled_from(FREQUENT + list("曹操刘备关羽張飛あいうカタ한국어，。「」！приветé a1\n"))
 
 
 @settings(

@@ -1152,11 +1152,11 @@ mod tests {
         }
     }
 
-    /// Characters for the atom path (`CharAtoms`): CJK, kana, Hangul, fullwidth punctuation, a
-    /// two-byte letter, ASCII. Trained without pre-tokenization ("raw") the merges join bytes
+    /// Characters for the atom path (`CharAtoms`): CJK, kana, Hangul, fullwidth punctuation,
+    /// Cyrillic, a two-byte Latin letter, ASCII. Trained without pre-tokenization ("raw") the merges join bytes
     /// across character boundaries early, so the vocabularies are full of head and tail tokens
     /// (a partial character plus its neighbour), the case the atoms' rules exist for.
-    const ATOM_TEXT: &str = "[三国演义中的人天下大事分久必合，。「」あいうカ한국어é a\n]";
+    const ATOM_TEXT: &str = "[三国演义中的人天下大事分久必合，。「」あいうカ한국어приветé a\n]";
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(300))]
@@ -1186,7 +1186,8 @@ mod tests {
 
     #[test]
     fn atoms_and_their_rules_are_found_and_used() {
-        let training = "三国演义，天下大事，分久必合，合久必分。三国的人天下한국어あいう".repeat(5);
+        let training =
+            "三国演义，天下大事，分久必合，合久必分。三国的人天下한국어あいう привет мир".repeat(5);
         // A vocabulary with fewer than MIN_THREE_BYTE_ATOMS of them keeps the byte-level path.
         let few = trained(&training, Pattern::Raw, 300);
         assert_eq!(few.atoms.len(), 0);
@@ -1195,7 +1196,13 @@ mod tests {
         // Some characters are atoms, and some of them have head or tail tokens to check.
         assert!(tok.atoms.len() > 3, "{:?}", tok.atoms);
         assert!(tok.atoms.rule_count() > 1, "{:?}", tok.atoms);
-        for text in [training.as_str(), "天下大事", "，三国。", "한국어 三 é"] {
+        for text in [
+            training.as_str(),
+            "天下大事",
+            "，三国。",
+            "한국어 三 é",
+            "привет",
+        ] {
             assert!(tok.atoms.applies(text.as_bytes()));
             assert_eq!(tok.encode_ordinary(text).unwrap(), naive_encode(&tok, text));
         }
