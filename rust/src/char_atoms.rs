@@ -1,6 +1,6 @@
 //! Multibyte characters that BPE provably forms whole before anything else touches their bytes
 //! ("atoms"), so that BPE of a chunk may start from them as single symbols instead of from their
-//! 2-4 bytes each.
+//! 2 or 3 bytes each (characters of the BMP; which chunks take this path: `CharAtoms::applies`).
 //!
 //! Why: under vocabularies with many multi-character CJK tokens (o200k, cl100k, one trained on
 //! Chinese) a run of Chinese has no byte boundary that no merge can join, so the byte-level path
