@@ -28,7 +28,7 @@
 
 use rustc_hash::FxHashMap;
 
-use crate::encode::{Merger, SHORT_CHUNK};
+use crate::encode::{pair_key, Merger, SHORT_CHUNK};
 
 /// No atom for this code point (in `CharAtoms::slot`).
 const NOT_ATOM: u16 = 0;
@@ -148,6 +148,18 @@ pub(crate) struct CharAtoms {
 }
 
 impl CharAtoms {
+    /// No atoms: every chunk keeps the byte-level path.
+    pub(crate) fn none() -> CharAtoms {
+        CharAtoms {
+            slot: Box::new([]),
+            atoms: Vec::new(),
+            rules: Vec::new(),
+            pairs: Box::new([0]),
+            three_byte: Box::new([]),
+            three_byte_merges: FxHashMap::default(),
+        }
+    }
+
     /// The atoms of a vocabulary: `tokens` with `whole[i]` saying whether BPE of the bytes of
     /// `tokens[i]` gives that token.
     /// `merges`: (left, right, made) of every merge, in rank order. With fewer than
@@ -158,28 +170,9 @@ impl CharAtoms {
         merges: impl IntoIterator<Item = (u32, u32, u32)>,
         min_three_byte_atoms: usize,
     ) -> CharAtoms {
-        // Heads: token = outside bytes + a proper prefix of a character; keyed by that prefix.
-        // Tails: token = a proper suffix of a character + outside bytes; keyed by that suffix.
-        let mut heads: FxHashMap<&[u8], Vec<Vec<u8>>> = FxHashMap::default();
-        let mut tails: FxHashMap<&[u8], Vec<Vec<u8>>> = FxHashMap::default();
         let mut atoms = vec![(u32::MAX, 0)];
         let mut atom_bytes: Vec<(u32, &[u8])> = Vec::new();
         for ((id, bytes), &is_whole) in tokens.iter().zip(whole) {
-            let leading = bytes.iter().take_while(|&&b| is_continuation(b)).count();
-            if leading > 0 && leading < bytes.len() {
-                tails
-                    .entry(&bytes[..leading])
-                    .or_default()
-                    .push(bytes[leading..].to_vec());
-            }
-            if let Some(last_lead) = bytes.iter().rposition(|&b| !is_continuation(b)) {
-                if last_lead > 0 && sequence_len(bytes[last_lead]) > bytes.len() - last_lead {
-                    heads
-                        .entry(&bytes[last_lead..])
-                        .or_default()
-                        .push(bytes[..last_lead].to_vec());
-                }
-            }
             if is_whole && (2..=3).contains(&bytes.len()) {
                 if let Some((cp, len)) = bmp_char_at(bytes, 0) {
                     if len == bytes.len() && atoms.len() < usize::from(u16::MAX) {
@@ -191,15 +184,9 @@ impl CharAtoms {
         }
         let three_byte_atoms = atom_bytes.iter().filter(|(_, b)| b.len() == 3).count();
         if atom_bytes.is_empty() || three_byte_atoms < min_three_byte_atoms {
-            return CharAtoms {
-                slot: Box::new([]),
-                atoms: Vec::new(),
-                rules: Vec::new(),
-                pairs: Box::new([0]),
-                three_byte: Box::new([]),
-                three_byte_merges: FxHashMap::default(),
-            };
+            return CharAtoms::none();
         }
+        let (heads, tails) = partial_character_tokens(tokens);
         let mut slot = vec![NOT_ATOM; 1 << 16].into_boxed_slice();
         let mut rules = vec![Rule::default()];
         let mut rule_index: FxHashMap<Rule, u32> = FxHashMap::default();
@@ -224,46 +211,8 @@ impl CharAtoms {
             }
             atoms[index].1 = at;
         }
-        let mut adjacent: Vec<u64> = Vec::new();
-        for (_, bytes) in tokens {
-            let mut at = 0;
-            while at < bytes.len() {
-                let Some((first, len)) = bmp_char_at(bytes, at) else {
-                    at += 1;
-                    continue;
-                };
-                if slot[first as usize] != NOT_ATOM {
-                    if let Some((second, _)) = bmp_char_at(bytes, at + len) {
-                        if slot[second as usize] != NOT_ATOM {
-                            adjacent.push(pair_key(first, second));
-                        }
-                    }
-                }
-                // Every byte offset, not just character starts: a token may begin mid-character.
-                at += 1;
-            }
-        }
-        adjacent.sort_unstable();
-        adjacent.dedup();
-        let bits = (adjacent.len() * FILTER_BITS_PER_PAIR)
-            .next_power_of_two()
-            .max(1 << 12);
-        let mut pairs = vec![0u64; bits / 64].into_boxed_slice();
-        for key in adjacent {
-            let bit = filter_bit(key, bits);
-            pairs[bit / 64] |= 1 << (bit % 64);
-        }
-        let id_bound = tokens
-            .iter()
-            .map(|(id, _)| *id as usize + 1)
-            .max()
-            .unwrap_or(0);
-        let mut three_byte = vec![0u64; id_bound.div_ceil(64)].into_boxed_slice();
-        for (id, bytes) in tokens {
-            if all_three_byte_chars(bytes) {
-                three_byte[*id as usize / 64] |= 1 << (id % 64);
-            }
-        }
+        let pairs = adjacent_atom_filter(tokens, &slot);
+        let three_byte = three_byte_ids(tokens);
         let mut atoms = CharAtoms {
             slot,
             atoms,
@@ -276,7 +225,7 @@ impl CharAtoms {
             if atoms.is_three_byte(left) && atoms.is_three_byte(right) {
                 atoms
                     .three_byte_merges
-                    .insert(pair_key_u64(left, right), (rank as u32, made));
+                    .insert(pair_key(left, right), (rank as u32, made));
             }
         }
         atoms
@@ -295,7 +244,7 @@ impl CharAtoms {
     fn rank_made(&self, merger: &Merger, left: u32, right: u32) -> (u32, u32) {
         if self.is_three_byte(left) && self.is_three_byte(right) {
             self.three_byte_merges
-                .get(&pair_key_u64(left, right))
+                .get(&pair_key(left, right))
                 .copied()
                 .unwrap_or((u32::MAX, u32::MAX))
         } else {
@@ -338,7 +287,7 @@ impl CharAtoms {
     /// when one does).
     #[inline(always)]
     fn may_join(&self, first: u32, second: u32) -> bool {
-        let bit = filter_bit(pair_key(first, second), self.pairs.len() * 64);
+        let bit = filter_bit(char_pair_key(first, second), self.pairs.len() * 64);
         self.pairs[bit / 64] >> (bit % 64) & 1 == 1
     }
 
@@ -415,8 +364,85 @@ impl std::fmt::Debug for CharAtoms {
     }
 }
 
-fn pair_key(first: u32, second: u32) -> u64 {
+/// The pair filter's key of two adjacent characters (code points fit in 21 bits).
+fn char_pair_key(first: u32, second: u32) -> u64 {
     u64::from(first) << 21 | u64::from(second)
+}
+
+/// Tokens holding part of a character plus bytes outside it, by that part. Heads: outside bytes
+/// followed by a proper prefix of a character (keyed by the prefix, valued by the outside bytes).
+/// Tails: a proper suffix of a character followed by outside bytes (likewise).
+type Fragments<'a> = FxHashMap<&'a [u8], Vec<Vec<u8>>>;
+
+fn partial_character_tokens(tokens: &[(u32, Vec<u8>)]) -> (Fragments<'_>, Fragments<'_>) {
+    let mut heads = Fragments::default();
+    let mut tails = Fragments::default();
+    for (_, bytes) in tokens {
+        let leading = bytes.iter().take_while(|&&b| is_continuation(b)).count();
+        if leading > 0 && leading < bytes.len() {
+            tails
+                .entry(&bytes[..leading])
+                .or_default()
+                .push(bytes[leading..].to_vec());
+        }
+        if let Some(last_lead) = bytes.iter().rposition(|&b| !is_continuation(b)) {
+            if last_lead > 0 && sequence_len(bytes[last_lead]) > bytes.len() - last_lead {
+                heads
+                    .entry(&bytes[last_lead..])
+                    .or_default()
+                    .push(bytes[..last_lead].to_vec());
+            }
+        }
+    }
+    (heads, tails)
+}
+
+/// The one-hash filter of the pairs of atoms (`slot`) that occur side by side in some token.
+fn adjacent_atom_filter(tokens: &[(u32, Vec<u8>)], slot: &[u16]) -> Box<[u64]> {
+    let mut adjacent: Vec<u64> = Vec::new();
+    for (_, bytes) in tokens {
+        // Every byte offset, not just character starts: a token may begin mid-character.
+        for at in 0..bytes.len() {
+            let Some((first, len)) = bmp_char_at(bytes, at) else {
+                continue;
+            };
+            if slot[first as usize] == NOT_ATOM {
+                continue;
+            }
+            if let Some((second, _)) = bmp_char_at(bytes, at + len) {
+                if slot[second as usize] != NOT_ATOM {
+                    adjacent.push(char_pair_key(first, second));
+                }
+            }
+        }
+    }
+    adjacent.sort_unstable();
+    adjacent.dedup();
+    let bits = (adjacent.len() * FILTER_BITS_PER_PAIR)
+        .next_power_of_two()
+        .max(1 << 12);
+    let mut pairs = vec![0u64; bits / 64].into_boxed_slice();
+    for key in adjacent {
+        let bit = filter_bit(key, bits);
+        pairs[bit / 64] |= 1 << (bit % 64);
+    }
+    pairs
+}
+
+/// Bit `id` set for every token that spells whole three-byte characters only.
+fn three_byte_ids(tokens: &[(u32, Vec<u8>)]) -> Box<[u64]> {
+    let id_bound = tokens
+        .iter()
+        .map(|(id, _)| *id as usize + 1)
+        .max()
+        .unwrap_or(0);
+    let mut three_byte = vec![0u64; id_bound.div_ceil(64)].into_boxed_slice();
+    for (id, bytes) in tokens {
+        if all_three_byte_chars(bytes) {
+            three_byte[*id as usize / 64] |= 1 << (id % 64);
+        }
+    }
+    three_byte
 }
 
 /// Whether `bytes` is a non-empty run of complete, well-formed three-byte characters.
@@ -426,10 +452,6 @@ fn all_three_byte_chars(bytes: &[u8]) -> bool {
         && (0..bytes.len())
             .step_by(3)
             .all(|at| bmp_char_at(bytes, at).is_some_and(|(_, len)| len == 3))
-}
-
-fn pair_key_u64(left: u32, right: u32) -> u64 {
-    u64::from(left) << 32 | u64::from(right)
 }
 
 fn filter_bit(key: u64, bits: usize) -> usize {

@@ -24,7 +24,8 @@ const NONE: usize = usize::MAX;
 /// "No position" in the u32 links of the long-chunk path.
 const NIL: u32 = u32::MAX;
 
-fn key(left: u32, right: u32) -> u64 {
+/// The merge tables' key of the id pair (left, right).
+pub(crate) fn pair_key(left: u32, right: u32) -> u64 {
     (u64::from(left) << 32) | u64::from(right)
 }
 
@@ -85,7 +86,7 @@ impl Merger {
     /// nothing, when the pair is already listed.
     pub fn push(&mut self, left: u32, right: u32, made: u32) -> bool {
         let rank = self.ranks.len() as u32;
-        match self.ranks.entry(key(left, right)) {
+        match self.ranks.entry(pair_key(left, right)) {
             std::collections::hash_map::Entry::Occupied(_) => false,
             std::collections::hash_map::Entry::Vacant(slot) => {
                 slot.insert((rank, made));
@@ -130,7 +131,7 @@ impl Merger {
     #[cfg(test)]
     fn rank(&self, left: u32, right: u32) -> u32 {
         self.ranks
-            .get(&key(left, right))
+            .get(&pair_key(left, right))
             .map_or(NO_RANK, |&(rank, _)| rank)
     }
 
@@ -138,7 +139,7 @@ impl Merger {
     fn made(&self, left: u32, right: u32) -> u32 {
         // Only called for a pair whose rank was just found, so the entry exists.
         self.ranks
-            .get(&key(left, right))
+            .get(&pair_key(left, right))
             .map_or(NO_RANK, |&(_, made)| made)
     }
 
@@ -155,7 +156,7 @@ impl Merger {
     /// `rank` followed by `made` would take two.
     pub(crate) fn rank_made(&self, left: u32, right: u32) -> (u32, u32) {
         self.ranks
-            .get(&key(left, right))
+            .get(&pair_key(left, right))
             .copied()
             .unwrap_or((NO_RANK, NO_RANK))
     }

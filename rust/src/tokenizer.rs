@@ -495,7 +495,7 @@ impl Tokenizer {
                 MIN_THREE_BYTE_ATOMS,
             )
         } else {
-            CharAtoms::new(&[], &[], [], 0)
+            CharAtoms::none()
         };
 
         let (decode_spans, sparse_spans, decode_bytes, vocab_size) =
@@ -539,13 +539,13 @@ impl Tokenizer {
         &self.specials
     }
 
-    /// Max id + 1 over tokens and special tokens (like tiktoken's n_vocab).
     /// How many characters chunks may start BPE from as whole tokens (`char_atoms.rs`); 0 when
     /// this vocabulary keeps the byte-level path.
     pub fn char_atom_count(&self) -> usize {
         self.atoms.len()
     }
 
+    /// Max id + 1 over tokens and special tokens (like tiktoken's n_vocab).
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
     }
@@ -1153,9 +1153,10 @@ mod tests {
     }
 
     /// Characters for the atom path (`CharAtoms`): CJK, kana, Hangul, fullwidth punctuation,
-    /// Cyrillic, a two-byte Latin letter, ASCII. Trained without pre-tokenization ("raw") the merges join bytes
-    /// across character boundaries early, so the vocabularies are full of head and tail tokens
-    /// (a partial character plus its neighbour), the case the atoms' rules exist for.
+    /// Cyrillic, a two-byte Latin letter, ASCII. Trained without pre-tokenization ("raw") the
+    /// merges join bytes across character boundaries early, so the vocabularies are full of head
+    /// and tail tokens (a partial character plus its neighbour), the case the atoms' rules exist
+    /// for.
     const ATOM_TEXT: &str = "[三国演义中的人天下大事分久必合，。「」あいうカ한국어приветé a\n]";
 
     proptest! {
